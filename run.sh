@@ -80,7 +80,7 @@ pip_install() {  # quiet on success; on failure, pip's whole log and a non-zero 
     "$PY" -m pip install "$@" > "$VENV/pip.log" 2>&1 || { cat "$VENV/pip.log" >&2; die "pip install $* failed (log above, kept in .venv/pip.log)"; }
 }
 
-setup() { ensure_venv; ensure_package "${1:-}"; }
+setup() { ensure_venv; ensure_package "${1:-}"; export PATH="$VENV/bin:$PATH"; }
 
 fingerprint() { find boxrefine nbs README.md -type f \( -name '*.py' -o -name '*.ipynb' -o -name '*.md' -o -name '*.yml' \) -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum; }
 

@@ -1,6 +1,7 @@
 "The `boxrefine` command, run as a user runs it."
 import subprocess
 import sys
+from pathlib import Path
 
 from PIL import Image
 
@@ -30,5 +31,6 @@ def test_unknown_command_fails_with_usage():
 
 
 def test_console_script_is_installed():
-    done = subprocess.run(["boxrefine", "--help"], capture_output=True, text=True)
+    script = Path(sys.executable).parent / "boxrefine"  # beside the interpreter that installed the package
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "demo" in done.stdout
