@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import sys
 import tempfile
@@ -17,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 import torch
-from safetensors import safe_open
 
 from .encoder import DTYPES, EMBEDDING_SHAPE, Encoder, load_rgb
 
 # %% auto #0
-__all__ = ['LAYOUT', 'ENTRY_SUFFIX', 'default_cache_dir', 'pixel_digest', 'entry_key', 'CacheStats', 'CorruptEntry', 'read_entry',
-           'write_entry', 'FeatureCache', 'evict', 'get_many', 'get', 'entries', 'disk_usage',
-           'remove_stale_temporaries', 'clear', 'warm']
+__all__ = ['LAYOUT', 'ENTRY_SUFFIX', 'SAFETENSORS_DTYPES', 'default_cache_dir', 'pixel_digest', 'entry_key', 'CacheStats',
+           'CorruptEntry', 'read_safetensors', 'read_entry', 'write_entry', 'FeatureCache', 'evict', 'get_many', 'get',
+           'entries', 'disk_usage', 'remove_stale_temporaries', 'clear', 'warm']
 
 # %% ../nbs/03_cache.ipynb #a60c121d
 LAYOUT = "v1"
@@ -79,6 +80,29 @@ class CacheStats:
 class CorruptEntry(ValueError):
     "A cache entry that fails verification."
 
+SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+
+def read_safetensors(
+    path: Path,  # A safetensors file
+) -> tuple:  # ({name: tensor}, metadata dict)
+    "Read a safetensors file with one read into private memory; tensors are views of that buffer."
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        buf = torch.empty(size, dtype=torch.uint8)
+        if size < 8 or f.readinto(buf.numpy()) != size: raise CorruptEntry(f"{path}: {size} bytes, too short or changed while read")
+    n = int.from_bytes(buf[:8].numpy().tobytes(), "little")
+    if not 2 <= n <= size - 8: raise CorruptEntry(f"{path}: header length {n} does not fit a file of {size} bytes")
+    try: header = json.loads(buf[8:8 + n].numpy().tobytes())
+    except (ValueError, UnicodeDecodeError) as e: raise CorruptEntry(f"{path}: unreadable header: {e}") from None
+    meta, tensors, data = header.pop("__metadata__", {}) or {}, {}, buf[8 + n:]
+    for name, info in header.items():
+        dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+        start, end = info.get("data_offsets", (0, -1))
+        if dtype is None or not 0 <= start <= end <= len(data) or (end - start) != math.prod(info["shape"]) * dtype.itemsize:
+            raise CorruptEntry(f"{path}: tensor {name!r} has a bad entry in the header: {info}")
+        tensors[name] = data[start:end].view(dtype).reshape(info["shape"])
+    return tensors, meta
+
 def _expected_shapes(interm_channels: int) -> dict:
     return {"image_embedding": EMBEDDING_SHAPE, "interm_embedding": (64, 64, interm_channels)}
 
@@ -89,16 +113,11 @@ def read_entry(
     storage_dtype: torch.dtype,  # The dtype its tensors must have
 ) -> dict:  # image_embedding, interm_embedding, original_hw, input_hw, encoder_seconds
     "Read and verify one cache entry; raise `CorruptEntry` on any mismatch."
-    try:
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("layout") != LAYOUT or meta.get("fingerprint") != fingerprint:
-                raise CorruptEntry(f"{path}: header has layout {meta.get('layout')!r}, fingerprint {meta.get('fingerprint')!r}; expected {LAYOUT!r}, {fingerprint!r}")
-            shapes = _expected_shapes(interm_channels)
-            if set(f.keys()) != set(shapes): raise CorruptEntry(f"{path}: tensors {sorted(f.keys())}, expected {sorted(shapes)}")
-            tensors = {k: f.get_tensor(k) for k in shapes}
-    except CorruptEntry: raise
-    except Exception as e: raise CorruptEntry(f"{path}: unreadable: {e}") from None
+    tensors, meta = read_safetensors(path)
+    if meta.get("layout") != LAYOUT or meta.get("fingerprint") != fingerprint:
+        raise CorruptEntry(f"{path}: header has layout {meta.get('layout')!r}, fingerprint {meta.get('fingerprint')!r}; expected {LAYOUT!r}, {fingerprint!r}")
+    shapes = _expected_shapes(interm_channels)
+    if set(tensors) != set(shapes): raise CorruptEntry(f"{path}: tensors {sorted(tensors)}, expected {sorted(shapes)}")
     for k, shape in shapes.items():
         if tuple(tensors[k].shape) != shape or tensors[k].dtype != storage_dtype:
             raise CorruptEntry(f"{path}: {k} is {tuple(tensors[k].shape)} {tensors[k].dtype}, expected {shape} {storage_dtype}")
@@ -135,13 +154,14 @@ class FeatureCache:
     "Content-addressed on-disk store of HQ-SAM image features, filled by an `Encoder` on misses."
     def __init__(
         self,
-        encoder: Encoder,  # Computes misses; its fingerprint and storage dtype define the entries
+        encoder: Encoder | None,  # Computes misses; its fingerprint and storage dtype define the entries. None: list, measure and clear only
         root=None,  # Cache root; default `default_cache_dir()`
         memory_bytes: int = 0,  # Size of the in-memory LRU layer; 0 turns it off
         max_disk_bytes: int | None = None,  # Evict least recently used entries beyond this; None: no limit
     ):
         self.encoder, self.root = encoder, Path(root) if root is not None else default_cache_dir()
-        self.fingerprint, self.storage_dtype = encoder.fingerprint, DTYPES[encoder.config.storage_dtype]
+        self.fingerprint = encoder.fingerprint if encoder else None
+        self.storage_dtype = DTYPES[encoder.config.storage_dtype] if encoder else None
         self.memory_bytes, self.max_disk_bytes = memory_bytes, max_disk_bytes
         self.stats, self._memory, self._digests = CacheStats(), OrderedDict(), {}
 
@@ -237,6 +257,7 @@ def get_many(
     dtype: torch.dtype | None = torch.float32,  # Their dtype; None keeps the storage dtype
 ) -> list[dict]:  # Per image: image_embedding, interm_embedding, original_hw, input_hw
     "Features of each image: from the cache when present, else encoded (in batches) and stored."
+    if self.encoder is None: raise ValueError("this FeatureCache has no encoder: it can list, measure and clear entries, not read them")
     keys, found, todo = [], {}, {}
     for image in images:
         digest, rgb = self._pixels(image)

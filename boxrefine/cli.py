@@ -6,21 +6,26 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
 
-from .boxes import elementwise_iou, noisy_boxes
-from .data import read_coco_boxes, sample_paths
+from .boxes import BoxError, elementwise_iou, noisy_boxes
+from .cache import FeatureCache
+from .data import CocoError, ImageReadError, NoiseConfig, load_coco, load_sample, read_image
+from .encoder import CheckpointError, DTYPES, MODEL_TYPES, Encoder, EncoderConfig
 from .loss import box_loss
+from .metrics import metrics_table, noisy_baseline, sam_baseline
 
 # %% auto #0
-__all__ = ['noise_table', 'format_table', 'noise_picture', 'demo', 'parser', 'main']
+__all__ = ['USER_ERRORS', 'noise_table', 'format_table', 'noise_picture', 'demo', 'add_dataset_options', 'add_encoder_options',
+           'encoder_from', 'records_from', 'cache_command', 'eval_command', 'parser', 'UsageError', 'main']
 
 # %% ../nbs/09_cli.ipynb #75ddf8a4
 def noise_table(
-    records: list,  # `ImageBoxes` from `read_coco_boxes`
+    records: list,  # `ImageBoxes` from `load_coco`
     levels=(0.1, 0.2, 0.4),  # Noise levels r
     seed: int = 0,  # The noise seed
 ) -> list[dict]:  # One row per noise level
@@ -47,15 +52,13 @@ def format_table(rows: list[dict]) -> str:
 # %% ../nbs/09_cli.ipynb #28126671
 def noise_picture(
     record,  # One `ImageBoxes`
-    image_dir,  # The folder its file name is relative to
     levels=(0.1, 0.2, 0.4),  # Noise levels r, one panel each
     seed: int = 0,  # The noise seed
 ):  # The matplotlib figure
     "One panel per noise level: the image with its true and noisy boxes."
     import matplotlib.pyplot as plt
-    from PIL import Image
     from boxrefine.widgets import show_boxes
-    image = Image.open(Path(image_dir) / record.file_name).convert("RGB")
+    image = read_image(record.path)
     fig, axs = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4), squeeze=False)
     for ax, level in zip(axs[0], levels):
         noisy = noisy_boxes(record.boxes, record.image_hw, level, seed, record.id)
@@ -71,17 +74,76 @@ def demo(
     "Noisy boxes on the bundled sample: print a table of IoU and loss, and save a picture."
     import matplotlib
     matplotlib.use("Agg")
-    paths = sample_paths()
-    records = read_coco_boxes(paths.annotations)
+    records = load_sample().records
     rows = noise_table(records, seed=seed)
     print(f"boxrefine demo: {len(records)} images, {rows[0]['boxes']} true boxes from the bundled BCCD sample")
     print(format_table(rows))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     picture = out / "noise.png"
-    noise_picture(records[3], paths.images, seed=seed).savefig(picture, dpi=100)
+    noise_picture(records[3], seed=seed).savefig(picture, dpi=100)
     print(f"picture: {picture}")
     return rows
+
+# %% ../nbs/09_cli.ipynb #25622a49
+def add_dataset_options(p: argparse.ArgumentParser, split: str | None = None) -> None:
+    "--ann, --images, --split, --max-images."
+    p.add_argument("--ann", type=Path, required=True, help="COCO instances JSON")
+    p.add_argument("--images", type=Path, required=True, help="folder the images' file_name fields are relative to")
+    p.add_argument("--split", default=split, help=f"keep images whose 'split' field is this (default: {split or 'all'})")
+    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+
+def add_encoder_options(p: argparse.ArgumentParser) -> None:
+    "--encoder, --checkpoint, --cache-dir, --storage-dtype."
+    p.add_argument("--encoder", default="vit_tiny", choices=MODEL_TYPES, help="HQ-SAM model (default: vit_tiny)")
+    p.add_argument("--checkpoint", default=None, help="sam_hq_vit_*.pth; default $BOXREFINE_CHECKPOINT, else RANDOM weights")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache root (default: $BOXREFINE_CACHE or the user cache folder)")
+    p.add_argument("--storage-dtype", default="fp16", choices=tuple(DTYPES), help="precision of cached features (default: fp16)")
+
+def encoder_from(args) -> Encoder:
+    "The encoder the options ask for."
+    return Encoder(EncoderConfig(model_type=args.encoder, checkpoint=args.checkpoint, storage_dtype=args.storage_dtype))
+
+def records_from(args, verbose: bool = True) -> list:
+    "The dataset's kept records, limited to --max-images."
+    records = load_coco(args.ann, args.images, split=args.split, verbose=verbose).records
+    return records[: args.max_images] if args.max_images else records
+
+# %% ../nbs/09_cli.ipynb #ffde3187
+def cache_command(args) -> dict:
+    "Warm, inspect or clear the feature cache; print and return what happened."
+    if args.stats or args.clear:
+        cache = FeatureCache(None, args.cache_dir)
+        out = {"root": str(cache.root), "cleared_entries": cache.clear()} if args.clear else {"root": str(cache.root), **cache.disk_usage()}
+    else:
+        records = records_from(args, verbose=not args.json)
+        cache = FeatureCache(encoder_from(args), args.cache_dir)
+        cache.warm([r.path for r in records], progress=not args.json)
+        out = {"root": str(cache.root), "fingerprint": cache.fingerprint, "n_images": len(records), **cache.stats.as_dict(), "disk": cache.disk_usage()}
+        if not args.json: print(f"{len(records)} images: {cache.stats}")
+    print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+    return out
+
+# %% ../nbs/09_cli.ipynb #a1a943cd
+def eval_command(args) -> dict:
+    "Score the baselines on a dataset split; print a table and optionally write JSON."
+    if args.json and args.json.resolve() == args.ann.resolve(): raise UsageError(f"--json {args.json} would overwrite the input annotations")
+    records = records_from(args)
+    noise = NoiseConfig(r=args.noise, seed=args.seed)
+    methods = {"noisy": noisy_baseline(records, noise)}
+    result = {"n_images": len(records), "n_boxes": sum(len(r.boxes) for r in records), "noise": args.noise, "seed": args.seed,
+              "split": args.split, "methods": methods}
+    if not args.no_sam:
+        cache = FeatureCache(encoder_from(args), args.cache_dir)
+        cache.warm([r.path for r in records])
+        methods["sam"] = sam_baseline(records, cache, noise)
+        result["encoder"] = {"fingerprint": cache.fingerprint, "random_weights": cache.encoder.config.resolved_checkpoint() is None}
+    print(metrics_table(methods))
+    if result.get("encoder", {}).get("random_weights"): print("note: HQ-SAM ran with RANDOM weights: the 'sam' row says nothing about HQ-SAM")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return result
 
 # %% ../nbs/09_cli.ipynb #1e315ad6
 def parser() -> argparse.ArgumentParser:
@@ -92,14 +154,43 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="boxrefine-demo", help="folder for the picture (default: boxrefine-demo)")
     d.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     d.set_defaults(run=lambda a: demo(a.out, a.seed))
+    c = sub.add_parser("cache", help="fill the feature cache for a dataset, or show (--stats) or empty (--clear) it")
+    c.add_argument("--stats", action="store_true", help="show the entries and bytes on disk, and stop")
+    c.add_argument("--clear", action="store_true", help="remove every cache entry, and stop")
+    c.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
+    c.add_argument("--ann", type=Path, help="COCO instances JSON")
+    c.add_argument("--images", type=Path, help="folder the images' file_name fields are relative to")
+    c.add_argument("--split", default=None, help="keep images whose 'split' field is this (default: all)")
+    c.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    add_encoder_options(c)
+    c.set_defaults(run=cache_command)
+    e = sub.add_parser("eval", help="score the noisy-input and HQ-SAM baselines on a split")
+    add_dataset_options(e, split="test")
+    e.add_argument("--noise", type=float, default=0.2, help="noise level r of the input boxes (default: 0.2)")
+    e.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    e.add_argument("--no-sam", action="store_true", help="skip the HQ-SAM zero-shot baseline")
+    e.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
+    add_encoder_options(e)
+    e.set_defaults(run=eval_command)
     return p
+
+class UsageError(ValueError):
+    "A command line that asks for something unsafe or impossible."
+
+USER_ERRORS = (UsageError, CocoError, ImageReadError, CheckpointError, BoxError, FileNotFoundError)
 
 def main(
     argv: list[str] | None = None,  # Arguments without the program name; None reads `sys.argv`
 ) -> int:  # Exit code
     "Run the `boxrefine` command."
-    args = parser().parse_args(argv)
-    args.run(args)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command == "cache" and not (args.stats or args.clear) and not (args.ann and args.images):
+        p.error("cache: --ann and --images are required unless --stats or --clear is given")
+    try: args.run(args)
+    except USER_ERRORS as e:
+        print(f"boxrefine {args.command}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 # %% ../nbs/09_cli.ipynb #59a1a6db

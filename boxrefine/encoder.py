@@ -19,11 +19,12 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from .boxes import check_boxes
+from .data import read_image
 
 # %% auto #0
 __all__ = ['MODEL_TYPES', 'INTERM_CHANNELS', 'DTYPES', 'INPUT_SIZE', 'EMBEDDING_SHAPE', 'PREPROCESS_VERSION', 'EncoderConfig',
-           'CheckpointError', 'RandomWeightsWarning', 'build_sam', 'ImageReadError', 'load_rgb', 'ImageTransform',
-           'preprocess', 'encoder_fingerprint', 'autocast_context', 'Encoder', 'box_masks']
+           'CheckpointError', 'RandomWeightsWarning', 'build_sam', 'load_rgb', 'ImageTransform', 'preprocess',
+           'encoder_fingerprint', 'autocast_context', 'Encoder', 'box_masks']
 
 # %% ../nbs/02_encoder.ipynb #2deccabd
 def _import_sam_hq():
@@ -111,23 +112,17 @@ def build_sam(
     return sam.requires_grad_(False).to(config.device)
 
 # %% ../nbs/02_encoder.ipynb #f89b693c
-class ImageReadError(ValueError):
-    "An image file that cannot be opened or decoded."
-
 def load_rgb(
     image,  # A path, a PIL image, or an (H, W), (H, W, 3) or (H, W, 4) uint8 array
 ) -> np.ndarray:  # (H, W, 3) uint8, EXIF orientation applied
-    "An image as an RGB uint8 array, whatever it came as."
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as im: return load_rgb(ImageOps.exif_transpose(im))
-        except (OSError, Image.DecompressionBombError) as e: raise ImageReadError(f"cannot read image {image}: {e}") from None
-    if isinstance(image, Image.Image): return np.asarray(image.convert("RGB"))
+    "An image as an RGB uint8 array, whatever it came as (files are read by `read_image`)."
+    if isinstance(image, (str, Path)): return read_image(image)
+    if isinstance(image, Image.Image): return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     array = np.asarray(image)
-    if array.dtype != np.uint8: raise ImageReadError(f"image arrays must be uint8, got {array.dtype}")
+    if array.dtype != np.uint8: raise ValueError(f"image arrays must be uint8, got {array.dtype}")
     if array.ndim == 2: return np.repeat(array[..., None], 3, axis=2)
     if array.ndim == 3 and array.shape[2] in (3, 4): return np.ascontiguousarray(array[..., :3])
-    raise ImageReadError(f"image arrays must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
+    raise ValueError(f"image arrays must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
 
 # %% ../nbs/02_encoder.ipynb #5d5d9f0e
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from boxrefine.boxes import (BoxError, box_iou, check_box_pair, check_boxes, clip_boxes, convert_boxes, elementwise_giou,
                              elementwise_iou, generalized_box_iou, noise_draws, noisy_boxes, normalize_boxes)
-from boxrefine.data import read_coco_boxes
+from boxrefine.data import load_coco
 
 GOOD = torch.tensor([[10.0, 20, 50, 80], [0, 0, 0, 0], [5, 5, 6, 9]])
 
@@ -96,7 +96,7 @@ def test_noisy_boxes_are_valid_inside_the_image_and_at_least_min_size(case, r, s
 
 def test_noise_table_on_all_of_bccd(bccd_annotations):
     "Mean IoU of noisy to true boxes over BCCD's 4,886 boxes sits where OA-MIL's noise model puts it."
-    records = read_coco_boxes(bccd_annotations)
+    records = load_coco(bccd_annotations, bccd_annotations.parent / "images", verbose=False).records
     assert (len(records), sum(len(r.boxes) for r in records)) == (364, 4886)
     expected = {0.1: 0.81, 0.2: 0.66, 0.3: 0.55, 0.4: 0.45}
     measured = {}

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from boxrefine.cache import FeatureCache, read_entry, write_entry
-from boxrefine.encoder import Encoder, EncoderConfig, ImageReadError, RandomWeightsWarning
+from boxrefine.data import ImageReadError
+from boxrefine.encoder import Encoder, EncoderConfig, RandomWeightsWarning
 
 
 def make_encoder(**kw):
@@ -115,7 +116,7 @@ def test_grayscale_rgba_and_unreadable_images(encoder, tmp_path):
     assert feats[0]["original_hw"] == (48, 64) and feats[1]["original_hw"] == (30, 40)
     assert all(torch.isfinite(f["image_embedding"]).all() for f in feats)
     bad = tmp_path / "not_an_image.jpg"; bad.write_text("hello")
-    with pytest.raises(ImageReadError, match="cannot read image .*not_an_image.jpg"): FeatureCache(encoder, tmp_path / "c").get(bad)
+    with pytest.raises(ImageReadError, match="not_an_image.jpg: cannot read image"): FeatureCache(encoder, tmp_path / "c").get(bad)
 
 
 def test_memory_layer_and_disk_limit(encoder, tmp_path):

@@ -34,3 +34,57 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "boxrefine"  # beside the interpreter that installed the package
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "demo" in done.stdout
+
+
+import json
+
+from boxrefine.data import sample_paths
+from boxrefine.metrics import METRIC_KEYS
+
+SAMPLE = ["--ann", str(sample_paths().annotations), "--images", str(sample_paths().images)]
+
+
+def test_cache_command_warms_then_hits_then_reports_and_clears(tmp_path):
+    args = ["cache", *SAMPLE, "--max-images", "2", "--cache-dir", str(tmp_path), "--json"]
+    first = run(*args)
+    assert first.returncode == 0, first.stderr
+    cold = json.loads(first.stdout)
+    assert {"hits", "misses", "corrupt", "hit_rate", "bytes_read", "bytes_written", "encoder_calls"} <= set(cold)
+    assert (cold["hits"], cold["misses"], cold["corrupt"]) == (0, 2, 0) and cold["encoder_calls"] >= 1 and cold["bytes_written"] > 0
+    assert "RANDOM weights" in first.stderr  # said loudly, on stderr, so --json output stays one JSON object
+    warm = json.loads(run(*args).stdout)
+    assert (warm["hits"], warm["misses"], warm["encoder_calls"], warm["hit_rate"]) == (2, 0, 0, 1.0)
+    assert warm["bytes_read"] == cold["bytes_written"]
+    stats = json.loads(run("cache", "--stats", "--cache-dir", str(tmp_path), "--json").stdout)
+    assert stats["entries"] == 2 and stats["bytes"] == cold["bytes_written"]
+    assert json.loads(run("cache", "--clear", "--cache-dir", str(tmp_path), "--json").stdout)["cleared_entries"] == 2
+    assert run("cache", "--cache-dir", str(tmp_path)).returncode == 2  # neither a dataset nor --stats/--clear
+
+
+def test_eval_command_writes_the_contract(tmp_path):
+    out = tmp_path / "eval.json"
+    done = run("eval", *SAMPLE, "--split", "val", "--max-images", "2", "--noise", "0.2", "--cache-dir", str(tmp_path / "c"), "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert (result["n_images"], result["noise"], result["seed"], result["split"]) == (2, 0.2, 0, "val")
+    assert result["n_boxes"] == result["methods"]["noisy"]["n_boxes"] > 0
+    assert set(result["methods"]) == {"noisy", "sam"} and "refined" not in result["methods"]
+    for method in result["methods"].values(): assert set(METRIC_KEYS) <= set(method)
+    assert result["encoder"]["random_weights"] is True and "RANDOM weights" in done.stdout
+    assert "| noisy |" in done.stdout and "| sam |" in done.stdout
+
+
+def test_eval_noisy_baseline_on_bccd_test(bccd_annotations, tmp_path):
+    out = tmp_path / "eval.json"
+    done = run("eval", "--ann", str(bccd_annotations), "--images", str(bccd_annotations.parent / "images"), "--no-sam", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert (result["n_images"], result["split"], set(result["methods"])) == (72, "test", {"noisy"})
+    assert abs(result["methods"]["noisy"]["mean_iou"] - 0.66) < 0.03
+
+
+def test_user_errors_are_one_line(tmp_path):
+    done = run("eval", *SAMPLE, "--no-sam")  # the sample has no test split
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "boxrefine eval: error:" in done.stderr and "test" in done.stderr
+    same = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--json", str(sample_paths().annotations))
+    assert same.returncode == 2 and "would overwrite the input annotations" in same.stderr

@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from boxrefine.data import read_coco_boxes, sample_paths
+from boxrefine.data import load_sample, sample_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def test_sample_files_are_all_declared_package_data():
 
 
 def test_sample_loads_like_a_user_dataset():
-    records = read_coco_boxes(sample_paths().annotations)
+    records = load_sample().records
     assert len(records) == 24 and sum(len(r.boxes) for r in records) == 463
     for r in records:
         h, w = r.image_hw
