@@ -74,6 +74,7 @@ class ImageBoxes:
     split: str | None  # The image's split field, if any
     boxes: Tensor  # (N, 4) float32 xyxy pixels
     category_ids: Tensor  # (N,) int64
+    annotation_ids: list | None = None  # The COCO annotation id of each box, when read from a file
 
 # %% ../nbs/04_data.ipynb #72a9d9d0
 DROP_REASONS = {
@@ -250,7 +251,8 @@ def _image_records(images: list, keep_image: np.ndarray, table: _Annotations, bo
     kept = kept[np.argsort(table.image[kept], kind="stable")]
     groups = np.split(kept, np.cumsum(np.bincount(table.image[kept], minlength=len(images)))[:-1])
     return [ImageBoxes(im["id"], im["file_name"], root / im["file_name"], (int(im["height"]), int(im["width"])), im.get(split_field),
-                       torch.tensor(boxes[g], dtype=torch.float32).reshape(-1, 4), torch.from_numpy(table.category[g]))
+                       torch.tensor(boxes[g], dtype=torch.float32).reshape(-1, 4), torch.from_numpy(table.category[g]),
+                       [table.ids[i] for i in g])
             for im, g, keep in zip(images, groups, keep_image) if keep]
 
 # %% ../nbs/04_data.ipynb #b957d4c8
