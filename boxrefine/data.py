@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .boxes import _stable_int, noisy_boxes
+from .boxes import _stable_int, jitter_boxes, noise_draws, noisy_boxes
 
 # %% auto #0
 __all__ = ['DROP_REASONS', 'SamplePaths', 'sample_paths', 'ImageReadError', 'read_image', 'LoadConfig', 'ImageBoxes', 'CocoError',
@@ -308,6 +308,18 @@ class NoiseConfig:
     r: float = 0.2  # Noise level in [0, 1)
     seed: int = 0  # The experiment's seed
     min_size: float = 1.0  # Smallest width and height of a noisy box, in pixels
+    r_min: float | None = None  # If set, each box gets its own level, uniform in [r_min, r] (training on a range of noise)
+
+    def __post_init__(self):
+        if not 0 <= self.r < 1: raise ValueError(f"noise level r must be in [0, 1), got {self.r}")
+        if self.r_min is not None and not 0 <= self.r_min <= self.r: raise ValueError(f"noise r_min must be in [0, r={self.r}], got {self.r_min}")
+
+    def levels(self, record: ImageBoxes, epoch: int = 0) -> Tensor:
+        "Each box's noise level: `r`, or drawn in [r_min, r] by (seed, image, epoch)."
+        n = len(record.boxes)
+        if self.r_min is None: return torch.full((n,), self.r, dtype=torch.float64)
+        rng = np.random.default_rng([_stable_int(self.seed), _stable_int(record.id), _stable_int(epoch), _stable_int("level")])
+        return torch.from_numpy(rng.uniform(self.r_min, self.r, n))
 
     def noisy(
         self,
@@ -315,7 +327,9 @@ class NoiseConfig:
         epoch: int = 0,  # The epoch: a new one gives new noise
     ) -> Tensor:  # (N, 4) float32 noisy xyxy boxes
         "The noisy boxes of one image at one epoch."
-        return noisy_boxes(record.boxes, record.image_hw, self.r, self.seed, record.id, epoch, self.min_size)
+        if self.r_min is None: return noisy_boxes(record.boxes, record.image_hw, self.r, self.seed, record.id, epoch, self.min_size)
+        draws = noise_draws(len(record.boxes), self.seed, record.id, epoch) * (self.levels(record, epoch) / max(self.r, 1e-12))[:, None]
+        return jitter_boxes(record.boxes, draws, self.r, record.image_hw, self.min_size)
 
 # %% ../nbs/04_data.ipynb #1cadedd8
 class NoisyBoxDataset(Dataset):

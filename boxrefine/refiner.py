@@ -17,14 +17,14 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from .boxes import check_boxes, clip_boxes, elementwise_iou
-from .encoder import Encoder, EncoderConfig, load_rgb
+from .encoder import Encoder, EncoderConfig, ImageTransform, load_rgb
 from .loss import LossConfig, box_loss
 
 # %% auto #0
 __all__ = ['SAM_INPUTS', 'PIXEL_MEAN', 'PIXEL_STD', 'REQUIRED_STATE', 'RefinerConfig', 'context_boxes', 'apply_deltas',
-           'CropEncoder', 'image_crops', 'FeatureRoI', 'feature_windows', 'box_geometry', 'BoxRefinerNet',
-           'RefinerLoss', 'refiner_loss', 'EncoderMismatch', 'read_refiner_checkpoint', 'BoxRefiner', 'image_features',
-           'refine']
+           'CropEncoder', 'image_crops', 'FeatureRoI', 'feature_windows', 'box_geometry', 'NonFiniteOutput',
+           'BoxRefinerNet', 'RefinerLoss', 'refiner_loss', 'EncoderMismatch', 'read_refiner_checkpoint', 'BoxRefiner',
+           'image_inputs', 'image_features', 'refine']
 
 # %% ../nbs/05_refiner.ipynb #53994633
 SAM_INPUTS = ("off", "embedding", "embedding+interm", "auto")
@@ -59,12 +59,12 @@ def context_boxes(boxes: Tensor, scale: float) -> Tensor:
     return torch.cat([c - half, c + half], 1)
 
 def apply_deltas(boxes: Tensor, deltas: Tensor, image_hw: Tensor, min_size: float = 1.0) -> Tensor:
-    "Move each edge by its delta times the box's width (x) or height (y); sort, keep at least `min_size`, clip to the image."
+    "Move each edge by its delta times the box's width (x) or height (y); sort, keep at least `min_size`, clip to the image (NaN stays NaN)."
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=min_size).repeat(1, 2)
     moved = boxes + deltas * wh
     lo, hi = torch.minimum(moved[:, :2], moved[:, 2:]), torch.maximum(moved[:, :2], moved[:, 2:])
     hi = torch.maximum(hi, lo + min_size)
-    return clip_boxes(torch.cat([lo, hi], 1), image_hw)
+    return torch.minimum(torch.cat([lo, hi], 1).clamp(min=0), image_hw.flip(-1).repeat(1, 2))
 
 # %% ../nbs/05_refiner.ipynb #afa3c54e
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -116,6 +116,9 @@ def box_geometry(boxes: Tensor, image_hw: Tensor) -> Tensor:
     return torch.cat([norm, size], 1)
 
 # %% ../nbs/05_refiner.ipynb #3544bae3
+class NonFiniteOutput(FloatingPointError):
+    "The refiner produced a NaN or infinite box (diverged weights): stopped before it reaches `roi_align`."
+
 class BoxRefinerNet(nn.Module):
     "Refined boxes and predicted IoU from image crops and/or SAM features around each noisy box."
     def __init__(self, config: RefinerConfig, interm_channels: int = 160):
@@ -150,6 +153,7 @@ class BoxRefinerNet(nn.Module):
         for _ in range(self.config.iterations):
             x = self.trunk(self.features(batch, boxes.detach()))
             boxes = apply_deltas(boxes.detach(), self.deltas(x).float(), hw)
+            if not torch.isfinite(boxes).all(): raise NonFiniteOutput(f"non-finite prediction in refinement pass {len(passes) + 1}")
             passes.append(boxes)
         return {"boxes": passes, "quality": self.quality(x).float()[:, 0]}
 
@@ -211,8 +215,8 @@ class BoxRefiner:
         torch.save({"model": self.net.state_dict(), "extra_state": self.extra_state()}, path)
 
     def check_encoder(self, fingerprint: str, where: str) -> None:
-        "Refuse features from an encoder other than the training one."
-        if fingerprint != self.fingerprint:
+        "Refuse features from an encoder other than the training one (a refiner that reads no SAM features accepts any)."
+        if self.net.config.sam != "off" and fingerprint != self.fingerprint:
             raise EncoderMismatch(f"this refiner was trained on features of encoder {self.fingerprint}, but {where} has {fingerprint}: "
                                   f"use the training encoder ({self.encoder_config.model_type}, checkpoint {self.encoder_config.checkpoint}, "
                                   f"seed {self.encoder_config.seed}) or retrain")
@@ -226,14 +230,21 @@ def _encoder(self: BoxRefiner) -> Encoder:
         self._encoder = encoder
     return self._encoder
 
+def image_inputs(
+    rgb: np.ndarray,  # (H, W, 3) uint8 image
+    sam_features: dict | None = None,  # Its features from the cache or the encoder, when the refiner reads them
+) -> dict:  # image, input_hw and, with SAM features, image_embedding and interm_embedding
+    "The refiner's inputs for one image: its pixels, its size in SAM's 1024 frame, and SAM's features."
+    feats = {"image": torch.from_numpy(np.array(rgb, dtype=np.uint8)),
+             "input_hw": torch.tensor(ImageTransform.for_image(rgb.shape[:2]).input_hw, dtype=torch.float32)}
+    if sam_features is not None: feats.update({k: sam_features[k] for k in ("image_embedding", "interm_embedding")})
+    return feats
+
 def image_features(self: BoxRefiner, rgb: np.ndarray, cache=None) -> dict:
     "The network's per-image inputs for one RGB image, batched (a batch of one)."
-    from boxrefine.encoder import ImageTransform
-    feats = {"image": torch.from_numpy(np.ascontiguousarray(rgb))[None],
-             "input_hw": torch.tensor([ImageTransform.for_image(rgb.shape[:2]).input_hw], dtype=torch.float32)}
-    if self.net.config.sam == "off": return feats
-    f = cache.get(rgb) if cache is not None else self._encoder_().encode([rgb])[0]
-    return {**feats, "image_embedding": f["image_embedding"][None], "interm_embedding": f["interm_embedding"][None]}
+    sam = None
+    if self.net.config.sam != "off": sam = cache.get(rgb) if cache is not None else self._encoder_().encode([rgb])[0]
+    return {k: v[None] for k, v in image_inputs(rgb, sam).items()}
 
 @torch.no_grad()
 def refine(
