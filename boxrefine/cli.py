@@ -286,7 +286,7 @@ def add_train_parser(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. --set training.lr=3e-4 (repeatable)")
     add_encoder_options(t)
-    t.set_defaults(run=train_command)
+    t.set_defaults(handler=train_command)
 
 def add_refine_parser(sub) -> None:
     r = sub.add_parser("refine", help="refine the boxes of a COCO file with a trained run, into a new COCO file")
@@ -295,7 +295,7 @@ def add_refine_parser(sub) -> None:
     r.add_argument("--out", type=Path, required=True, help="the new COCO JSON to write")
     r.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never the input)")
     r.add_argument("--cache-dir", type=Path, default=None, help="feature cache root, for refiners that read SAM features")
-    r.set_defaults(run=refine_command)
+    r.set_defaults(handler=refine_command)
 
 def parser() -> argparse.ArgumentParser:
     "The `boxrefine` command's parser."
@@ -305,7 +305,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="boxrefine-demo", help="folder for the run and the pictures (default: boxrefine-demo)")
     d.add_argument("--seed", type=int, default=0, help="seed of the noise, split and weights (default: 0)")
     d.add_argument("--epochs", type=int, default=60, help="training epochs (default: 60)")
-    d.set_defaults(run=lambda a: demo(a.out, a.seed, [s for s in DEMO_SETTINGS if not s.startswith("training.epochs")] + [f"training.epochs={a.epochs}"]))
+    d.set_defaults(handler=lambda a: demo(a.out, a.seed, [s for s in DEMO_SETTINGS if not s.startswith("training.epochs")] + [f"training.epochs={a.epochs}"]))
     c = sub.add_parser("cache", help="fill the feature cache for a dataset, or show (--stats) or empty (--clear) it")
     c.add_argument("--stats", action="store_true", help="show the entries and bytes on disk, and stop")
     c.add_argument("--clear", action="store_true", help="remove every cache entry, and stop")
@@ -315,7 +315,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default=None, help="keep images whose 'split' field is this (default: all)")
     c.add_argument("--max-images", type=int, default=None, help="use only the first N images")
     add_encoder_options(c)
-    c.set_defaults(run=cache_command)
+    c.set_defaults(handler=cache_command)
     e = sub.add_parser("eval", help="score the noisy-input and HQ-SAM baselines, and a trained run, on a split")
     add_dataset_options(e, split="test")
     e.add_argument("--noise", type=float, default=0.2, help="noise level r of the input boxes (default: 0.2)")
@@ -324,7 +324,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--no-sam", action="store_true", help="skip the HQ-SAM zero-shot baseline")
     e.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
     add_encoder_options(e)
-    e.set_defaults(run=eval_command)
+    e.set_defaults(handler=eval_command)
     add_train_parser(sub)
     add_refine_parser(sub)
     return p
@@ -343,7 +343,7 @@ def main(
     args = p.parse_args(argv)
     if args.command == "cache" and not (args.stats or args.clear) and not (args.ann and args.images):
         p.error("cache: --ann and --images are required unless --stats or --clear is given")
-    try: args.run(args)
+    try: args.handler(args)
     except USER_ERRORS as e:
         print(f"boxrefine {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -10,9 +10,9 @@ def run(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "boxrefine.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-def test_demo_prints_the_table_and_writes_the_picture_twice(tmp_path):
-    for _ in range(2):  # safe to run twice
-        done = run("demo", "--out", str(tmp_path / "out"))
+def test_demo_trains_prints_the_tables_and_writes_the_pictures_twice(tmp_path):
+    for _ in range(2):  # safe to run twice: the second run replaces the first one's run folder
+        done = run("demo", "--out", str(tmp_path / "out"), "--epochs", "3")
         assert done.returncode == 0, done.stderr
         lines = done.stdout.splitlines()
         assert "463 true boxes" in lines[0]
@@ -22,7 +22,12 @@ def test_demo_prints_the_table_and_writes_the_picture_twice(tmp_path):
         assert [r["r"] for r in rows] == [0.1, 0.2, 0.4]
         assert 0.75 < rows[0]["mean_iou"] < 0.87 and 0.6 < rows[1]["mean_iou"] < 0.72 and 0.4 < rows[2]["mean_iou"] < 0.52
         assert all(0 < r["loss"] < 5 and r["pixel_l1"] > 10 * r["loss"] for r in rows)
+        table = {l.split("|")[1].strip(): [float(v) for v in l.split("|")[2:-1]] for l in lines if l.startswith(("| noisy", "| refined"))}
+        assert set(table) == {"noisy", "refined"} and abs(table["noisy"][0] - 0.673) < 0.01  # mean IoU of the 8 validation images' noisy boxes
+        assert 0.5 < table["refined"][0] <= 1
         with Image.open(tmp_path / "out" / "noise.png") as im: assert im.size[0] > 1000 and im.size[1] > 300
+        with Image.open(tmp_path / "out" / "refined.png") as im: assert im.size[0] >= 600
+        assert (tmp_path / "out" / "run" / "best.pt").exists() and len((tmp_path / "out" / "run" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
 def test_unknown_command_fails_with_usage():

@@ -1,0 +1,165 @@
+"Training, resuming, evaluating and refining, end to end on real BCCD images from the bundled sample."
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from boxrefine.cache import FeatureCache
+from boxrefine.data import load_sample, sample_paths
+from boxrefine.encoder import Encoder, EncoderConfig, RandomWeightsWarning
+from boxrefine.learner import (Callback, NonFiniteLoss, StopAfterCB, load_config, split_records, train_refiner)
+from boxrefine.metrics import METRIC_KEYS
+from boxrefine.refiner import BoxRefiner, EncoderMismatch
+from test_cli import SAMPLE, run
+
+
+@pytest.fixture(scope="module")
+def records():
+    train, val = split_records(load_sample(verbose=False).records, load_config().data)
+    return train[:4], val[:2]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    "A run trained by the command line: 2 epochs on 4 + 4 sample images."
+    out = tmp_path_factory.mktemp("runs") / "run"
+    done = run("train", *SAMPLE, "--out", str(out), "--epochs", "2", "--max-images", "4", "--set", "data.batch_size=2")
+    assert done.returncode == 0, done.stderr
+    return out, done
+
+
+def test_train_command_writes_the_run(cli_run):
+    out, done = cli_run
+    assert {p.name for p in out.iterdir()} == {"best.pt", "last.pt", "metrics.jsonl", "config.yaml", "curves.png"}
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert all(0 < r["train_loss"] < 5 and 0 < r["val_loss"] < 5 and 0 < r["val_mean_iou"] <= 1 for r in rows)  # never in the hundreds
+    assert "SAM features: off" in done.stdout and "best validation mean IoU" in done.stdout
+    assert load_config(out / "config.yaml").training.epochs == 2
+
+
+def test_a_run_is_never_overwritten_and_resume_continues(cli_run, tmp_path):
+    out, _ = cli_run
+    again = run("train", *SAMPLE, "--out", str(out), "--epochs", "2", "--max-images", "4")
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for p in out.iterdir(): (copy / p.name).write_bytes(p.read_bytes())
+    resumed = run("train", *SAMPLE, "--out", str(copy), "--epochs", "3", "--max-images", "4", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [json.loads(l)["epoch"] for l in (copy / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+
+def test_eval_with_run_adds_refined(cli_run, tmp_path):
+    out, _ = cli_run
+    result_path = tmp_path / "eval.json"
+    done = run("eval", *SAMPLE, "--split", "val", "--max-images", "3", "--no-sam", "--run", str(out), "--json", str(result_path))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(result_path.read_text())
+    assert set(result["methods"]) == {"noisy", "refined"}
+    for method in result["methods"].values(): assert set(METRIC_KEYS) <= set(method)
+    assert result["methods"]["refined"]["n_boxes"] == result["methods"]["noisy"]["n_boxes"] == result["n_boxes"]
+
+
+def test_refine_writes_a_new_coco_file_and_never_overwrites(cli_run, tmp_path):
+    out, _ = cli_run
+    target = tmp_path / "refined.json"
+    done = run("refine", "--run", str(out), *SAMPLE, "--max-images", "3", "--out", str(target))
+    assert done.returncode == 0, done.stderr
+    before, after = json.loads(sample_paths().annotations.read_text()), json.loads(target.read_text())
+    assert len(after["annotations"]) == len(before["annotations"]) and after["images"] == before["images"]
+    refined = [a for a in after["annotations"] if "quality" in a]
+    first_three = {im["id"] for im in before["images"][:3]}
+    assert {a["image_id"] for a in refined} == first_three and len(refined) == sum(a["image_id"] in first_three for a in before["annotations"])
+    originals = {a["id"]: a["bbox"] for a in before["annotations"]}
+    assert all(a["bbox_input"] == originals[a["id"]] and 0 <= a["quality"] <= 1 and min(a["bbox"][2:]) > 0 for a in refined)
+    assert run("refine", "--run", str(out), *SAMPLE, "--out", str(target)).returncode == 2  # exists: refused without --overwrite
+    same = run("refine", "--run", str(out), *SAMPLE, "--out", str(sample_paths().annotations))
+    assert same.returncode == 2 and "never overwrites its input" in same.stderr
+    assert json.loads(sample_paths().annotations.read_text()) == before
+
+
+def test_config_errors_are_one_line(tmp_path):
+    bad = run("train", *SAMPLE, "--out", str(tmp_path / "r"), "--set", "training.lrr=1")
+    assert bad.returncode == 2 and "unknown config key training.lrr" in bad.stderr and "Traceback" not in bad.stderr
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("training:\n  schedule: linear\n")
+    bad = run("train", *SAMPLE, "--out", str(tmp_path / "r"), "--config", str(cfg))
+    assert bad.returncode == 2 and "training schedule must be one of" in bad.stderr
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_amp_on_and_off_both_train(records, precision):
+    config = load_config(overrides=["training.epochs=2", "data.batch_size=2", f"training.precision={precision}"])
+    learn = train_refiner(config, *records, progress=False)
+    assert all(math.isfinite(h["val_loss"]) and h["skipped_steps"] == 0 for h in learn.history)
+
+
+def test_resume_is_exact(records, tmp_path):
+    config = load_config(overrides=["training.epochs=4", "data.batch_size=2"])
+    straight = train_refiner(config, *records, tmp_path / "straight", progress=False)
+    train_refiner(config, *records, tmp_path / "resumed", progress=False, cbs=[StopAfterCB(2)])
+    resumed = train_refiner(config, *records, tmp_path / "resumed", resume=True, progress=False)
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), k
+    assert [h["val_mean_iou"] for h in straight.history] == [h["val_mean_iou"] for h in resumed.history]
+
+
+def test_non_finite_loss_names_the_batch(records):
+    class Poison(Callback):
+        def before_batch(self, learn):
+            with torch.no_grad(): learn.model.deltas.bias.fill_(float("nan"))
+    config = load_config(overrides=["training.epochs=1", "data.batch_size=2"])
+    with pytest.raises(NonFiniteLoss, match=r"non-finite prediction in refinement pass 1 at epoch 0, step 0, images \[\d+, \d+\]"):
+        train_refiner(config, *records, progress=False, cbs=[Poison()])
+
+
+@pytest.fixture(scope="module")
+def sam_run(records, tmp_path_factory):
+    "A refiner that reads SAM features, trained from a warm cache; the encoder's calls are counted."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        cache = FeatureCache(Encoder(EncoderConfig()), tmp_path_factory.mktemp("cache"))
+    train, val = records
+    cache.warm([r.path for r in train + val], progress=False)
+    calls = cache.encoder.calls
+    config = load_config(overrides=["training.epochs=2", "data.batch_size=2", "model.sam=embedding+interm"])
+    learn = train_refiner(config, train, val, tmp_path_factory.mktemp("runs") / "sam", cache=cache, progress=False)
+    return learn, cache, calls
+
+
+def test_warm_cache_training_never_calls_the_encoder(sam_run):
+    learn, cache, calls = sam_run
+    assert cache.encoder.calls == calls and cache.stats.hit_rate > 0.5
+    assert learn.history[-1]["cache_hit_rate"] == cache.stats.hit_rate
+
+
+def test_a_refiner_refuses_features_of_another_encoder(sam_run, records, tmp_path):
+    learn, cache, _ = sam_run
+    refiner = learn.refiner
+    rec = records[1][0]
+    boxes = rec.boxes[:3].numpy()
+    refined, quality = refiner.refine(rec.path, boxes, cache=cache)
+    assert refined.shape == (3, 4) and quality.shape == (3,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        other = FeatureCache(Encoder(EncoderConfig(seed=1)), tmp_path)
+    with pytest.raises(EncoderMismatch, match="this refiner was trained on features of encoder vit_tiny-"):
+        refiner.refine(rec.path, boxes, cache=other)
+
+
+def test_refine_a_single_box_and_boxes_on_the_border(cli_run):
+    refiner = BoxRefiner.load(cli_run[0])
+    rec = load_sample(verbose=False).records[0]
+    h, w = rec.image_hw
+    one, quality = refiner.refine(rec.path, rec.boxes[:1])
+    assert one.shape == (1, 4) and quality.shape == (1,) and isinstance(one, torch.Tensor)
+    border = np.array([[0, 0, 40, 30], [w - 50, h - 40, w, h], [0, 100, 60, h], [-10, -10, 30, 30]], np.float32)
+    refined, _ = refiner.refine(rec.path, border)
+    assert refined.shape == (4, 4) and np.isfinite(refined).all()
+    assert (refined[:, :2] >= 0).all() and (refined[:, 2] <= w).all() and (refined[:, 3] <= h).all()
+    assert (refined[:, 2:] > refined[:, :2]).all()
