@@ -114,6 +114,7 @@ def _coerce(value, hint, key: str):
         try: return float(value)
         except (TypeError, ValueError): pass
     if hint is str and isinstance(value, str): return value
+    if hint is str and isinstance(value, bool): return "off" if value is False else "on"  # YAML 1.1 reads off/on/no/yes as booleans
     if hint is tuple and isinstance(value, (list, tuple)): return tuple(_coerce(v, float, key) for v in value)
     raise ConfigError(f"config key {key} must be {getattr(hint, '__name__', hint)}, got {value!r}")
 
@@ -340,7 +341,7 @@ class MetricsCB(Callback):
     "Per epoch: mean training and validation loss, validation IoU of refined and noisy boxes."
     order = 20
     def before_fit(self, learn):
-        learn.history = getattr(learn, "history", [])
+        learn.history, learn.step_losses = getattr(learn, "history", []), getattr(learn, "step_losses", [])
         learn.skipped_steps = getattr(learn, "skipped_steps", 0)
     def before_epoch(self, learn):
         self.sums, self.n, self.ious, self.noisy_ious, self.start = {}, 0, [], [], time.perf_counter()
@@ -349,7 +350,8 @@ class MetricsCB(Callback):
         n = len(learn.batch["boxes"])
         for k, v in learn.loss_parts._asdict().items(): self.sums[k] = self.sums.get(k, 0.0) + v.item() * n
         self.n += n
-        if not learn.training:
+        if learn.training: learn.step_losses.append(learn.loss.item())
+        else:
             self.ious.append(elementwise_iou(learn.preds["boxes"][-1].float(), learn.batch["boxes"]).cpu())
             self.noisy_ious.append(elementwise_iou(learn.batch["noisy"], learn.batch["boxes"]).cpu())
     def after_epoch(self, learn):
@@ -568,7 +570,7 @@ def train_refiner(
     net.eval()
     return learn
 
-# %% ../nbs/06_learner.ipynb #a0d6296b
+# %% ../nbs/06_learner.ipynb #01db4818
 class StopAfterCB(Callback):
     "Cancel the fit after `epochs` epochs: an interruption, for tests and demonstrations."
     order = 100
@@ -576,7 +578,7 @@ class StopAfterCB(Callback):
     def after_epoch(self, learn):
         if not learn.training and learn.epoch + 1 >= self.epochs: raise CancelFitException()
 
-# %% ../nbs/06_learner.ipynb #63997ead
+# %% ../nbs/06_learner.ipynb #b7809043
 class LRFinderCB(Callback):
     "Grow the learning rate exponentially each step; stop when the loss blows up."
     order = 15
