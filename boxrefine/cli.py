@@ -179,6 +179,7 @@ def train_command(args):
     "Train a refiner; print where its files are and how it did."
     config = config_from(args)
     data = load_coco(args.ann, args.images, verbose=True).records
+    if len(data) < 2: raise UsageError(f"{args.ann}: need at least 2 images with boxes to train and validate, found {len(data)}")
     train, val = split_records(data, config.data)
     if args.max_images: train, val = train[: args.max_images], val[: args.max_images]
     print(f"training on {len(train)} images ({sum(len(r.boxes) for r in train)} boxes), validating on {len(val)} ({sum(len(r.boxes) for r in val)} boxes)")
@@ -253,6 +254,7 @@ def demo(
     "Train a refiner on the bundled sample, print noisy against refined metrics, and save pictures."
     import matplotlib
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     out = Path(out)
     records = load_sample().records
     rows = noise_table(records, seed=seed)
@@ -268,8 +270,9 @@ def demo(
     print(f"\n{len(val)} validation images, {methods['noisy']['n_boxes']} boxes, noise r = {noise.r}:")
     print(metrics_table(methods))
     out.mkdir(parents=True, exist_ok=True)
-    noise_picture(records[3], seed=seed).savefig(out / "noise.png", dpi=100)
-    demo_picture(refiner, val[0], noise).savefig(out / "refined.png", dpi=100)
+    for fig, name in ((noise_picture(records[3], seed=seed), "noise.png"), (demo_picture(refiner, val[0], noise), "refined.png")):
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
     print(f"pictures: {out / 'noise.png'}, {out / 'refined.png'}; run: {out / 'run'}")
     return methods
 

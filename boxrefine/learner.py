@@ -548,6 +548,7 @@ def train_refiner(
     random_weights: bool | None = None,  # Whether the encoder has random weights (decides `model.sam="auto"`); None: from the config
 ) -> Learner:  # The learner after fitting: its `history`, `model` and `refiner`
     "Train a refiner on cached features and noisy boxes, logging and checkpointing into `run_dir`."
+    if not train_records or not val_records: raise ValueError(f"need training and validation images, got {len(train_records)} and {len(val_records)}")
     run_dir = _prepare_run_dir(run_dir, resume)
     if random_weights is None: random_weights = config.encoder.resolved_checkpoint() is None
     config = dataclasses.replace(config, model=config.model.resolved(random_weights))

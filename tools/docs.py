@@ -37,7 +37,10 @@ def execute(notebooks: list[str]) -> None:
     from execnb.nbio import read_nb, write_nb
     from execnb.shell import CaptureShell
 
+    import matplotlib.pyplot as plt
+
     for path in map(Path, notebooks):
+        plt.close("all")  # figures a previous notebook left open would be shown in this one's first cell
         nb = read_nb(path)
         shell = CaptureShell(path.parent, mpl_format="png")
         for cell in nb.cells:
