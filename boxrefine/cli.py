@@ -190,7 +190,9 @@ def train_command(args):
         cache.warm([r.path for r in train + val])
         print(f"feature cache {cache.root}: {cache.stats}")
     else: print("SAM features: off (model.sam=auto with a random-weight encoder: they carry no signal); the refiner reads image crops")
-    learn = train_refiner(config, train, val, args.out, cache=cache, resume=args.resume)
+    from boxrefine.widgets import TrainingMonitor
+    monitor = [TrainingMonitor(save_dir=args.out, live=False)] if args.monitor else []
+    learn = train_refiner(config, train, val, args.out, cache=cache, resume=args.resume, cbs=monitor)
     best = learn.best
     print(f"best validation mean IoU {best['val_mean_iou']:.4f} at epoch {best['epoch'] + 1} (noisy input {learn.history[-1]['noisy_mean_iou']:.4f})")
     print(f"run: {args.out} (best.pt, last.pt, metrics.jsonl, config.yaml, curves.png)")
@@ -287,6 +289,7 @@ def add_train_parser(sub) -> None:
     t.add_argument("--epochs", type=int, default=None, help="epochs (default: 40)")
     t.add_argument("--max-images", type=int, default=None, help="use only the first N training and N validation images")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    t.add_argument("--monitor", action="store_true", help="also save the training monitor's pictures (monitor-*.png) in --out")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. --set training.lr=3e-4 (repeatable)")
     add_encoder_options(t)
     t.set_defaults(handler=train_command)

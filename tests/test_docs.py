@@ -52,3 +52,16 @@ def test_site_renders_in_headless_chromium(site):
     for page, seen in report.items(): assert seen["external"] == [], (page, seen["external"])
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+
+
+def test_widgets_page_shows_the_monitor_in_headless_chromium(site):
+    "The monitor's last state and the review picture, saved by the executed widgets notebook, render offline."
+    shot = ROOT / "_build" / "widgets-screenshot.png"
+    shot.unlink(missing_ok=True)
+    report = docs.check(site, shot, pages=("widgets.html",))["widgets.html"]
+    assert report["title"].startswith("Pictures and widgets")
+    assert "The training monitor" in report["text"] and "Reviewing refined labels" in report["text"]
+    assert report["figures"] >= 3  # show_boxes, the monitor's snapshot, the review picture
+    assert report["external"] == []
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")

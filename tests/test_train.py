@@ -26,14 +26,14 @@ def records():
 def cli_run(tmp_path_factory):
     "A run trained by the command line: 2 epochs on 4 + 4 sample images."
     out = tmp_path_factory.mktemp("runs") / "run"
-    done = run("train", *SAMPLE, "--out", str(out), "--epochs", "2", "--max-images", "4", "--set", "data.batch_size=2")
+    done = run("train", *SAMPLE, "--out", str(out), "--epochs", "2", "--max-images", "4", "--set", "data.batch_size=2", "--monitor")
     assert done.returncode == 0, done.stderr
     return out, done
 
 
 def test_train_command_writes_the_run(cli_run):
     out, done = cli_run
-    assert {p.name for p in out.iterdir()} == {"best.pt", "last.pt", "metrics.jsonl", "config.yaml", "curves.png"}
+    assert {p.name for p in out.iterdir()} == {"best.pt", "last.pt", "metrics.jsonl", "config.yaml", "curves.png", "monitor-boxes.png", "monitor-curves.png"}
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     assert all(0 < r["train_loss"] < 5 and 0 < r["val_loss"] < 5 and 0 < r["val_mean_iou"] <= 1 for r in rows)  # never in the hundreds
