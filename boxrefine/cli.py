@@ -18,7 +18,7 @@ from .boxes import BoxError, convert_boxes, elementwise_iou, noisy_boxes
 from .cache import FeatureCache
 from .data import CocoError, ImageReadError, NoiseConfig, load_coco, load_sample, read_image
 from .encoder import CheckpointError, DTYPES, MODEL_TYPES, Encoder, EncoderConfig
-from .learner import ConfigError, NonFiniteLoss, RunExists, load_config, split_records, train_refiner
+from .learner import ConfigError, NonFiniteLoss, RunExists, _world, init_distributed, load_config, split_records, train_refiner
 from .loss import box_loss
 from .metrics import evaluate_boxes, metrics_table, noisy_baseline, sam_baseline
 from .refiner import BoxRefiner, EncoderMismatch
@@ -26,9 +26,9 @@ from .refiner import BoxRefiner, EncoderMismatch
 # %% auto #0
 __all__ = ['ENCODER_OPTIONS', 'DEMO_SETTINGS', 'USER_ERRORS', 'noise_table', 'format_table', 'noise_picture',
            'add_dataset_options', 'add_encoder_options', 'encoder_settings', 'encoder_from', 'records_from',
-           'cache_command', 'refiner_cache', 'refine_records', 'refined_method', 'eval_command', 'config_from',
-           'train_command', 'refined_coco', 'refine_command', 'demo_picture', 'demo', 'add_train_parser',
-           'add_refine_parser', 'parser', 'UsageError', 'main']
+           'warm_shared', 'stats_over_ranks', 'cache_command', 'refiner_cache', 'refine_records', 'refined_method',
+           'eval_command', 'config_from', 'train_command', 'refined_coco', 'refine_command', 'demo_picture', 'demo',
+           'add_train_parser', 'add_refine_parser', 'parser', 'UsageError', 'main']
 
 # %% ../nbs/09_cli.ipynb #52d3db2f
 def noise_table(
@@ -104,21 +104,42 @@ def records_from(args, verbose: bool = True) -> list:
     return records[: args.max_images] if args.max_images else records
 
 # %% ../nbs/09_cli.ipynb #ad156ba4
+def warm_shared(cache: FeatureCache, paths: list, progress: bool = True) -> None:
+    "Warm `paths` into the cache, each process its share, then wait for all."
+    import torch.distributed as dist
+    rank, world = _world()
+    cache.warm(paths[rank::world], progress=progress and rank == 0)
+    if world > 1: dist.barrier()
+
+def stats_over_ranks(stats: dict) -> dict:
+    "Cache statistics added up over the processes, hit rate recomputed."
+    import torch.distributed as dist
+    if _world()[1] == 1: return stats
+    keys = [k for k, v in stats.items() if isinstance(v, (int, float)) and k != "hit_rate"]
+    t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    out = {k: (int(v) if isinstance(stats[k], int) else v) for k, v in zip(keys, t.tolist())}
+    return {**out, "hit_rate": out["hits"] / max(out["hits"] + out["misses"], 1)}
+
+# %% ../nbs/09_cli.ipynb #3b234c3f
 def cache_command(args) -> dict:
     "Warm, inspect or clear the feature cache; print and return what happened."
     if args.stats or args.clear:
         cache = FeatureCache(None, args.cache_dir)
         out = {"root": str(cache.root), "cleared_entries": cache.clear()} if args.clear else {"root": str(cache.root), **cache.disk_usage()}
     else:
-        records = records_from(args, verbose=not args.json)
+        rank, world = init_distributed()
+        records = records_from(args, verbose=not args.json and rank == 0)
         cache = FeatureCache(encoder_from(args), args.cache_dir)
-        cache.warm([r.path for r in records], progress=not args.json)
-        out = {"root": str(cache.root), "fingerprint": cache.fingerprint, "n_images": len(records), **cache.stats.as_dict(), "disk": cache.disk_usage()}
-        if not args.json: print(f"{len(records)} images: {cache.stats}")
+        warm_shared(cache, [r.path for r in records], progress=not args.json)
+        stats = stats_over_ranks(cache.stats.as_dict())
+        out = {"root": str(cache.root), "fingerprint": cache.fingerprint, "n_images": len(records), **stats, "disk": cache.disk_usage()}
+        if rank > 0: return out
+        if not args.json: print(f"{len(records)} images: {stats['hits']} hits, {stats['misses']} misses ({stats['hit_rate']:.1%} hit rate), {stats['corrupt']} corrupt")
     print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
     return out
 
-# %% ../nbs/09_cli.ipynb #3b234c3f
+# %% ../nbs/09_cli.ipynb #f4fda0eb
 def refiner_cache(refiner: BoxRefiner, cache_dir=None) -> FeatureCache | None:
     "A cache over the refiner's training encoder when it reads SAM features, else None (no encoder is built)."
     return FeatureCache(refiner._encoder_(), cache_dir) if refiner.net.config.sam != "off" else None
@@ -141,7 +162,7 @@ def refined_method(refiner: BoxRefiner, records: list, noise: NoiseConfig, cache
     refined, quality = refine_records(refiner, records, [noise.noisy(r) for r in records], cache, progress)
     return evaluate_boxes(records, refined, quality)
 
-# %% ../nbs/09_cli.ipynb #f4fda0eb
+# %% ../nbs/09_cli.ipynb #a0abd211
 def eval_command(args) -> dict:
     "Score the baselines, and a trained refiner with --run, on a dataset split; print a table and optionally write JSON."
     if args.json and args.json.resolve() == args.ann.resolve(): raise UsageError(f"--json {args.json} would overwrite the input annotations")
@@ -166,7 +187,7 @@ def eval_command(args) -> dict:
         print(f"wrote {args.json}")
     return result
 
-# %% ../nbs/09_cli.ipynb #a0abd211
+# %% ../nbs/09_cli.ipynb #9376a1ed
 def config_from(args):
     "The run's config: the resumed run's or --config's, then the command-line options, then --set."
     base = args.out / "config.yaml" if args.resume else args.config
@@ -176,29 +197,33 @@ def config_from(args):
     return load_config(base, options + list(args.set or ()))
 
 def train_command(args):
-    "Train a refiner; print where its files are and how it did."
+    "Train a refiner; print where its files are and how it did. Under torchrun, every process runs this."
+    rank, world = init_distributed()
     config = config_from(args)
-    data = load_coco(args.ann, args.images, verbose=True).records
+    data = load_coco(args.ann, args.images, verbose=rank == 0).records
     if len(data) < 2: raise UsageError(f"{args.ann}: need at least 2 images with boxes to train and validate, found {len(data)}")
     train, val = split_records(data, config.data)
     if args.max_images: train, val = train[: args.max_images], val[: args.max_images]
-    print(f"training on {len(train)} images ({sum(len(r.boxes) for r in train)} boxes), validating on {len(val)} ({sum(len(r.boxes) for r in val)} boxes)")
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say(f"training on {len(train)} images ({sum(len(r.boxes) for r in train)} boxes), validating on {len(val)} ({sum(len(r.boxes) for r in val)} boxes)"
+        + (f", in {world} processes" if world > 1 else ""))
     random_weights = config.encoder.resolved_checkpoint() is None
     cache = None
     if config.model.resolved(random_weights).sam != "off":
         cache = FeatureCache(Encoder(config.encoder), args.cache_dir)
-        cache.warm([r.path for r in train + val])
-        print(f"feature cache {cache.root}: {cache.stats}")
-    else: print("SAM features: off (model.sam=auto with a random-weight encoder: they carry no signal); the refiner reads image crops")
+        warm_shared(cache, [r.path for r in train + val])
+        say(f"feature cache {cache.root}: {cache.stats}")
+    else: say("SAM features: off (model.sam=auto with a random-weight encoder: they carry no signal); the refiner reads image crops")
     from boxrefine.widgets import TrainingMonitor
-    monitor = [TrainingMonitor(save_dir=args.out, live=False)] if args.monitor else []
-    learn = train_refiner(config, train, val, args.out, cache=cache, resume=args.resume, cbs=monitor)
+    monitor = [TrainingMonitor(save_dir=args.out, live=False)] if args.monitor and rank == 0 else []
+    learn = train_refiner(config, train, val, args.out, cache=cache, resume=args.resume, cbs=monitor, progress=rank == 0)
     best = learn.best
+    if rank > 0: return learn
     print(f"best validation mean IoU {best['val_mean_iou']:.4f} at epoch {best['epoch'] + 1} (noisy input {learn.history[-1]['noisy_mean_iou']:.4f})")
     print(f"run: {args.out} (best.pt, last.pt, metrics.jsonl, config.yaml, curves.png)")
     return learn
 
-# %% ../nbs/09_cli.ipynb #9376a1ed
+# %% ../nbs/09_cli.ipynb #c16c6ef5
 def refined_coco(coco: dict, records: list, refined: list, quality: list, run) -> tuple:
     "A copy of the COCO dict with refined boxes, qualities and the input boxes; and how many annotations were refined."
     out = copy.deepcopy(coco)
@@ -232,7 +257,7 @@ def refine_command(args) -> dict:
           f"{moved.median().item() if n else 1:.3f}); wrote {args.out}")
     return out
 
-# %% ../nbs/09_cli.ipynb #c16c6ef5
+# %% ../nbs/09_cli.ipynb #9eac419f
 DEMO_SETTINGS = ["training.epochs=60", "data.batch_size=4", "training.lr=3e-3"]
 
 def demo_picture(refiner: BoxRefiner, record, noise: NoiseConfig):
@@ -278,7 +303,7 @@ def demo(
     print(f"pictures: {out / 'noise.png'}, {out / 'refined.png'}; run: {out / 'run'}")
     return methods
 
-# %% ../nbs/09_cli.ipynb #9eac419f
+# %% ../nbs/09_cli.ipynb #9eace164
 def add_train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a refiner on a COCO dataset into a run folder")
     t.add_argument("--ann", type=Path, required=True, help="COCO instances JSON")
@@ -353,8 +378,11 @@ def main(
     except USER_ERRORS as e:
         print(f"boxrefine {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
     return 0
 
-# %% ../nbs/09_cli.ipynb #98b85c08
+# %% ../nbs/09_cli.ipynb #9eba2a14
 #| eval: false
 if __name__ == "__main__": sys.exit(main())  # `python -m boxrefine.cli`, as torchrun runs it

@@ -36,8 +36,9 @@ __all__ = ['SCHEDULES', 'PRECISIONS', 'AUTOCAST_DTYPES', 'DataConfig', 'TrainCon
            'CancelBatchException', 'Callback', 'run_cbs', 'with_cbs', 'NonFiniteLoss', 'Learner', 'resolve_device',
            'resolve_precision', 'DeviceCB', 'MixedPrecisionCB', 'GradClipCB', 'lr_factor', 'SchedulerCB', 'MetricsCB',
            'plot_curves', 'ProgressCB', 'LogCB', 'atomic_save', 'checkpoint_state', 'load_checkpoint', 'CheckpointCB',
-           'EarlyStoppingCB', 'record_inputs', 'make_loader', 'split_records', 'build_callbacks', 'RunExists',
-           'train_refiner', 'StopAfterCB', 'LRFinderCB', 'lr_find']
+           'EarlyStoppingCB', 'init_distributed', 'run_device', 'record_inputs', 'ShardSampler', 'make_loader',
+           'split_records', 'build_callbacks', 'RunExists', 'train_refiner', 'validate_checkpoint', 'StopAfterCB',
+           'LRFinderCB', 'lr_find']
 
 # %% ../nbs/06_learner.ipynb #c1f5ae33
 @dataclass(frozen=True)
@@ -211,7 +212,8 @@ class Learner:
     def where(self) -> str: return f"at epoch {self.epoch}, step {self.step_count}, images {self.batch['image_ids']}"
 
     def predict(self):
-        try: self.preds = self.model(self.batch)
+        model = self.model if self.training else getattr(self.model, "module", self.model)  # DDP syncs only what trains
+        try: self.preds = model(self.batch)
         except NonFiniteOutput as e: raise NonFiniteLoss(f"{e} {self.where()}") from None
 
     def get_loss(self):
@@ -337,11 +339,29 @@ class SchedulerCB(Callback):
     def after_step(self, learn): learn.step_count += 1
 
 # %% ../nbs/06_learner.ipynb #9e2c07f6
+def _sum_over_ranks(sums: dict, n: int) -> tuple:
+    "Per-key sums and a count added up over all processes (unchanged with one)."
+    import torch.distributed as dist
+    if _world()[1] == 1: return sums, n
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys] + [n], dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(keys, t[:-1].tolist())), int(t[-1].item())
+
+def _gather_over_ranks(x: Tensor) -> Tensor:
+    "The concatenation of `x` from every process, in rank order (unchanged with one)."
+    import torch.distributed as dist
+    if _world()[1] == 1: return x
+    parts = [None] * _world()[1]
+    dist.all_gather_object(parts, x.cpu())
+    return torch.cat(parts)
+
+# %% ../nbs/06_learner.ipynb #4af4adab
 class MetricsCB(Callback):
     "Per epoch: mean training and validation loss, validation IoU of refined and noisy boxes."
     order = 20
     def before_fit(self, learn):
-        learn.history, learn.step_losses = getattr(learn, "history", []), getattr(learn, "step_losses", [])
+        learn.history, learn.step_losses, learn.best = getattr(learn, "history", []), getattr(learn, "step_losses", []), getattr(learn, "best", None)
         learn.skipped_steps = getattr(learn, "skipped_steps", 0)
     def before_epoch(self, learn):
         self.sums, self.n, self.ious, self.noisy_ious, self.start = {}, 0, [], [], time.perf_counter()
@@ -355,12 +375,13 @@ class MetricsCB(Callback):
             self.ious.append(elementwise_iou(learn.preds["boxes"][-1].float(), learn.batch["boxes"]).cpu())
             self.noisy_ious.append(elementwise_iou(learn.batch["noisy"], learn.batch["boxes"]).cpu())
     def after_epoch(self, learn):
+        self.sums, self.n = _sum_over_ranks(self.sums, self.n)
         means = {k: v / max(self.n, 1) for k, v in self.sums.items()}
         if learn.training:
             self.train = {"epoch": learn.epoch, "train_loss": means.get("total", math.nan), "lr": getattr(learn, "lr", math.nan),
                           "train_seconds": time.perf_counter() - self.start}
             return
-        iou, noisy = torch.cat(self.ious), torch.cat(self.noisy_ious)
+        iou, noisy = _gather_over_ranks(torch.cat(self.ious)), _gather_over_ranks(torch.cat(self.noisy_ious))
         row = {**(getattr(self, "train", None) or {"epoch": learn.epoch}), "val_loss": means["total"], "val_l1": means["l1"], "val_giou": means["giou"],
                "val_quality": means["quality"], "val_mean_iou": iou.mean().item(), "val_iou_ge_0.75": (iou >= 0.75).float().mean().item(),
                "val_iou_ge_0.9": (iou >= 0.9).float().mean().item(), "noisy_mean_iou": noisy.mean().item(), "val_boxes": len(iou),
@@ -368,8 +389,9 @@ class MetricsCB(Callback):
         if getattr(learn, "cache", None) is not None: row["cache_hit_rate"] = learn.cache.stats.hit_rate
         self.train = {}
         learn.history.append(row)
+        if learn.best is None or row["val_mean_iou"] > learn.best["val_mean_iou"]: learn.best = {"epoch": learn.epoch, "val_mean_iou": row["val_mean_iou"]}
 
-# %% ../nbs/06_learner.ipynb #1b325a63
+# %% ../nbs/06_learner.ipynb #ece662e0
 def plot_curves(history: list[dict], ax=None):
     "Training and validation loss, and validation mean IoU against the noisy input's, per epoch."
     import matplotlib.pyplot as plt
@@ -420,7 +442,7 @@ class LogCB(Callback):
         fig.savefig(self.run_dir / "curves.png", dpi=100)
         plt.close(fig)
 
-# %% ../nbs/06_learner.ipynb #0e9ecdaf
+# %% ../nbs/06_learner.ipynb #f1b92167
 def _rng_states() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -460,12 +482,9 @@ class CheckpointCB(Callback):
     "Save `last.pt` after every epoch and `best.pt` when validation mean IoU improves."
     order = 50
     def __init__(self, run_dir, extra_state: dict, config: Config): self.run_dir, self.extra_state, self.config = Path(run_dir), extra_state, config
-    def before_fit(self, learn): learn.best = getattr(learn, "best", None)
     def after_epoch(self, learn):
         if learn.training or not learn.history: return
-        iou = learn.history[-1]["val_mean_iou"]
-        improved = learn.best is None or iou > learn.best["val_mean_iou"]
-        if improved: learn.best = {"epoch": learn.epoch, "val_mean_iou": iou}
+        improved = learn.best["epoch"] == learn.epoch  # MetricsCB keeps the best epoch
         state = checkpoint_state(learn, self.extra_state, self.config)
         atomic_save(state, self.run_dir / "last.pt")
         if improved: atomic_save(state, self.run_dir / "best.pt")
@@ -480,25 +499,47 @@ class EarlyStoppingCB(Callback):
             print(f"early stop: no better validation mean IoU since epoch {learn.best['epoch'] + 1}")
             raise CancelFitException()
 
-# %% ../nbs/06_learner.ipynb #5d89e531
+# %% ../nbs/06_learner.ipynb #2ef38b3f
 def _world() -> tuple:
     "(rank, world size) of this process under torch.distributed, else (0, 1)."
     import torch.distributed as dist
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
+def init_distributed() -> tuple:
+    "Join the process group when started by `torchrun` (NCCL with CUDA, else gloo); (rank, world size)."
+    import torch.distributed as dist
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda: torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return _world()
+
+def run_device(config: TrainConfig) -> torch.device:
+    "The training device; under torchrun with CUDA, this process's GPU."
+    device = resolve_device(config.device)
+    if device.type == "cuda" and device.index is None and _world()[1] > 1: device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
 def record_inputs(record, cache=None, use_sam: bool = False) -> dict:
     "The refiner's inputs for one record: its pixels and, when the refiner reads them, its cached SAM features."
     return image_inputs(read_image(record.path), cache.get(record.path) if use_sam else None)
+
+class ShardSampler(torch.utils.data.Sampler):
+    "Every `world`-th index from `rank`, in order: each image on exactly one process, none repeated (for validation)."
+    def __init__(self, n: int, rank: int, world: int): self.indices = list(range(rank, n, world))
+    def __iter__(self): return iter(self.indices)
+    def __len__(self) -> int: return len(self.indices)
 
 def make_loader(records, noise: NoiseConfig, data: DataConfig, train: bool, features) -> DataLoader:
     "A loader over `records`: seeded shuffle per epoch when training, noise from `noise`, boxes capped per image."
     rank, world = _world()
     ds = NoisyBoxDataset(records, noise, train=train, features=features)
-    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=data.seed, drop_last=False)
+    sampler = (DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=data.seed, drop_last=False) if train
+               else ShardSampler(len(ds), rank, world))
     collate = partial(collate_boxes, max_boxes=data.max_boxes if train else None, seed=data.seed)
     return DataLoader(ds, batch_size=data.batch_size, sampler=sampler, collate_fn=collate, num_workers=data.num_workers)
 
-# %% ../nbs/06_learner.ipynb #9838aa5a
+# %% ../nbs/06_learner.ipynb #7919b991
 def split_records(records: list, data: DataConfig) -> tuple:
     "(train, val) records: by the `split` field when it holds train and val, else a seeded split."
     by_split = {s: [r for r in records if r.split == s] for s in ("train", "val")}
@@ -510,7 +551,7 @@ def split_records(records: list, data: DataConfig) -> tuple:
     val_ids = {r.id for r in order[:n_val]}
     return [r for r in records if r.id not in val_ids], [r for r in records if r.id in val_ids]
 
-# %% ../nbs/06_learner.ipynb #5fbd8dda
+# %% ../nbs/06_learner.ipynb #0e9d8d22
 def build_callbacks(config: Config, run_dir, extra_state: dict, device, progress: bool = True, rank: int = 0) -> list:
     "The standard callbacks of a training run; only rank 0 logs, saves and shows progress."
     tc = config.training
@@ -562,16 +603,39 @@ def train_refiner(
     rank, _ = _world()
     if run_dir is not None and rank == 0: save_config(config, run_dir / "config.yaml")
     features = partial(record_inputs, cache=cache, use_sam=use_sam)
-    learn = Learner(net, make_loader(train_records, config.data.train_noise_config(), config.data, True, features),
+    device, model = run_device(config.training), net
+    if _world()[1] > 1:  # DistributedDataParallel averages the gradients across processes
+        model = torch.nn.parallel.DistributedDataParallel(net.to(device), device_ids=[device.index] if device.type == "cuda" else None)
+    learn = Learner(model, make_loader(train_records, config.data.train_noise_config(), config.data, True, features),
                     make_loader(val_records, config.data.val_noise_config(), config.data, False, features), config.training, config.loss)
-    learn.cbs = build_callbacks(config, run_dir, refiner.extra_state(), resolve_device(config.training.device), progress, rank) + list(cbs)
-    learn.refiner, learn.cache, learn.run_config, learn.device = refiner, cache, config, resolve_device(config.training.device)
+    learn.cbs = build_callbacks(config, run_dir, refiner.extra_state(), device, progress, rank) + list(cbs)
+    learn.refiner, learn.cache, learn.run_config, learn.device = refiner, cache, config, device
     if resume: load_checkpoint(learn, run_dir / "last.pt")
     learn.fit()
     net.eval()
     return learn
 
-# %% ../nbs/06_learner.ipynb #01db4818
+# %% ../nbs/06_learner.ipynb #40c509c5
+def validate_checkpoint(
+    checkpoint,  # A `last.pt` or `best.pt`
+    val_records: list,  # The validation `ImageBoxes`
+    cache=None,  # A `FeatureCache` of the run's encoder, when the refiner reads SAM features
+) -> dict:  # The validation row, as in `learn.history`
+    "The validation metrics of a checkpoint, computed by this process alone."
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file
+    config = from_dict(Config, ckpt["config"])
+    net = BoxRefinerNet(config.model, ckpt["extra_state"]["interm_channels"])
+    net.load_state_dict(ckpt["model"])
+    features = partial(record_inputs, cache=cache, use_sam=config.model.sam != "off")
+    device = resolve_device(config.training.device)
+    cbs = [DeviceCB(device), MetricsCB()]
+    precision = resolve_precision(config.training.precision, device)
+    if precision != "fp32": cbs.append(MixedPrecisionCB(precision))
+    learn = Learner(net, None, make_loader(val_records, config.data.val_noise_config(), config.data, False, features), config.training, config.loss, cbs)
+    learn.fit(1, train=False)
+    return learn.history[-1]
+
+# %% ../nbs/06_learner.ipynb #0b23bc6a
 class StopAfterCB(Callback):
     "Cancel the fit after `epochs` epochs: an interruption, for tests and demonstrations."
     order = 100
@@ -579,7 +643,7 @@ class StopAfterCB(Callback):
     def after_epoch(self, learn):
         if not learn.training and learn.epoch + 1 >= self.epochs: raise CancelFitException()
 
-# %% ../nbs/06_learner.ipynb #b7809043
+# %% ../nbs/06_learner.ipynb #558d031b
 class LRFinderCB(Callback):
     "Grow the learning rate exponentially each step; stop when the loss blows up."
     order = 15
