@@ -104,14 +104,15 @@ class TrainingMonitor(Callback):
     def active(self) -> bool: return self.live or self.save_dir is not None
 
     def before_fit(self, learn):
-        self.learn, self.fit_start = learn, time.perf_counter()
+        self.learn, self.fit_start, self.fit_end = learn, time.perf_counter(), None
         if self.live and self.widget is None: self._build_widget()
     def after_step(self, learn):
         if self.active and self.every and learn.step_count % self.every == 0: self.maybe_refresh()
     def after_epoch(self, learn):
         if self.active and not learn.training and not self.every: self.maybe_refresh()
     def after_fit(self, learn):
-        if self.active: self.refresh()  # the final state, always
+        self.fit_end, self.fit_seconds = time.perf_counter(), self.seconds  # what watching cost the training itself
+        if self.active: self.refresh()  # the final state, always, once training is over
 
     def maybe_refresh(self) -> None:
         "Refresh unless that would take the monitor over its time budget."
@@ -121,7 +122,8 @@ class TrainingMonitor(Callback):
 
     @property
     def overhead(self) -> float:
-        "The share of training time spent refreshing."
+        "The share of training time spent refreshing during training (the final refresh, after it, is not counted)."
+        if getattr(self, "fit_end", None) is not None: return self.fit_seconds / max(self.fit_end - self.fit_start, 1e-9)
         return self.seconds / max(time.perf_counter() - self.fit_start, 1e-9)
 
     @property
