@@ -144,6 +144,7 @@ def predict_page(self: TrainingMonitor) -> list:
     return items
 
 def page_indices(self: TrainingMonitor) -> range:
+    "Indices of the current page's validation images."
     start = self.page * self.n_images
     return range(start, min(start + self.n_images, len(self.learn.valid_dl.dataset)))
 
@@ -235,7 +236,7 @@ def _build_widget(self: TrainingMonitor) -> None:
     self.rate.observe(lambda ch: setattr(self, "every", REFRESH_CHOICES[ch["new"]]), names="value")
     controls = W.HBox([self.page_slider, *self.kind_boxes.values(), self.rate])
     self.widget = W.VBox([self.curves_image, controls, self.boxes_image])
-    display(self.widget)
+    if in_notebook(): display(self.widget)  # built but not shown when driven headlessly (tests, executed docs)
 
 def set_page(self: TrainingMonitor, page: int) -> None:
     "Show validation page `page` (0-based) and redraw."
@@ -395,5 +396,9 @@ class ReviewWidget:
         self.relist()
 
     def _ipython_display_(self):
+        "The panel in Jupyter; elsewhere (an executed notebook, the docs) a picture of the current box."
         from IPython.display import display
-        display(self.widget)
+        if in_notebook(): return display(self.widget)
+        fig = self.figure(self.list.value)
+        display(fig)
+        plt.close(fig)
