@@ -18,13 +18,14 @@ from .boxes import BoxError, convert_boxes, elementwise_iou, noisy_boxes
 from .cache import FeatureCache
 from .data import CocoError, ImageReadError, NoiseConfig, load_coco, load_sample, read_image
 from .encoder import CheckpointError, DTYPES, MODEL_TYPES, Encoder, EncoderConfig
-from .learner import ConfigError, NonFiniteLoss, RunExists, _world, init_distributed, load_config, split_records, train_refiner
+from .learner import (ConfigError, NonFiniteLoss, NotEnoughData, RunExists, _world, collective_device, init_distributed, load_config, split_records,
+                               train_refiner)
 from .loss import box_loss
 from .metrics import evaluate_boxes, metrics_table, noisy_baseline, sam_baseline
-from .refiner import BoxRefiner, EncoderMismatch
+from .refiner import BoxRefiner, EncoderMismatch, NotARefinerCheckpoint
 
 # %% auto #0
-__all__ = ['ENCODER_OPTIONS', 'DEMO_SETTINGS', 'USER_ERRORS', 'noise_table', 'format_table', 'noise_picture',
+__all__ = ['ENCODER_OPTIONS', 'DEMO_SETTINGS', 'DEMO_MARKER', 'USER_ERRORS', 'noise_table', 'format_table', 'noise_picture',
            'add_dataset_options', 'add_encoder_options', 'encoder_settings', 'encoder_from', 'records_from',
            'warm_shared', 'stats_over_ranks', 'cache_command', 'refiner_cache', 'refine_records', 'refined_method',
            'eval_command', 'config_from', 'train_command', 'refined_coco', 'refine_command', 'demo_picture', 'demo',
@@ -116,7 +117,7 @@ def stats_over_ranks(stats: dict) -> dict:
     import torch.distributed as dist
     if _world()[1] == 1: return stats
     keys = [k for k, v in stats.items() if isinstance(v, (int, float)) and k != "hit_rate"]
-    t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64)
+    t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=collective_device())
     dist.all_reduce(t)
     out = {k: (int(v) if isinstance(stats[k], int) else v) for k, v in zip(keys, t.tolist())}
     return {**out, "hit_rate": out["hits"] / max(out["hits"] + out["misses"], 1)}
@@ -166,6 +167,8 @@ def refined_method(refiner: BoxRefiner, records: list, noise: NoiseConfig, cache
 def eval_command(args) -> dict:
     "Score the baselines, and a trained refiner with --run, on a dataset split; print a table and optionally write JSON."
     if args.json and args.json.resolve() == args.ann.resolve(): raise UsageError(f"--json {args.json} would overwrite the input annotations")
+    if args.json and args.json.exists() and not args.overwrite: raise UsageError(f"{args.json} exists: choose another --json, or pass --overwrite")
+    if not 0 <= args.noise < 1: raise UsageError(f"--noise must be in [0, 1), got {args.noise}")
     records = records_from(args)
     noise = NoiseConfig(r=args.noise, seed=args.seed)
     methods = {"noisy": noisy_baseline(records, noise)}
@@ -198,8 +201,8 @@ def config_from(args):
 
 def train_command(args):
     "Train a refiner; print where its files are and how it did. Under torchrun, every process runs this."
-    rank, world = init_distributed()
     config = config_from(args)
+    rank, world = init_distributed(config.training.device)
     data = load_coco(args.ann, args.images, verbose=rank == 0).records
     if len(data) < 2: raise UsageError(f"{args.ann}: need at least 2 images with boxes to train and validate, found {len(data)}")
     train, val = split_records(data, config.data)
@@ -259,6 +262,7 @@ def refine_command(args) -> dict:
 
 # %% ../nbs/09_cli.ipynb #9eac419f
 DEMO_SETTINGS = ["training.epochs=60", "data.batch_size=4", "training.lr=3e-3"]
+DEMO_MARKER = ".boxrefine-demo"
 
 def demo_picture(refiner: BoxRefiner, record, noise: NoiseConfig):
     "True, noisy and refined boxes of one image."
@@ -289,9 +293,12 @@ def demo(
     print(format_table(rows))
     config = load_config(overrides=[*settings, f"data.seed={seed}", f"training.seed={seed}"])
     train, val = split_records(records, config.data)
-    if (out / "run").exists(): shutil.rmtree(out / "run")
+    if (out / "run").exists():
+        if not (out / "run" / DEMO_MARKER).exists(): raise UsageError(f"{out / 'run'} exists and is not a demo run: choose another --out")
+        shutil.rmtree(out / "run")  # the previous demo's own run
     print(f"training a refiner on {len(train)} images (random-weight encoder: the refiner reads image crops)")
     train_refiner(config, train, val, out / "run", progress=progress)
+    (out / "run" / DEMO_MARKER).write_text("made by boxrefine demo; the next demo in this folder replaces it\n")
     refiner, noise = BoxRefiner.load(out / "run"), config.data.val_noise_config()
     methods = {"noisy": noisy_baseline(val, noise), "refined": refined_method(refiner, val, noise, progress=False)}
     print(f"\n{len(val)} validation images, {methods['noisy']['n_boxes']} boxes, noise r = {noise.r}:")
@@ -354,6 +361,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--run", type=Path, default=None, help="also score the refiner of this run folder")
     e.add_argument("--no-sam", action="store_true", help="skip the HQ-SAM zero-shot baseline")
     e.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
+    e.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     add_encoder_options(e)
     e.set_defaults(handler=eval_command)
     add_train_parser(sub)
@@ -364,7 +372,7 @@ class UsageError(ValueError):
     "A command line that asks for something unsafe or impossible."
 
 USER_ERRORS = (UsageError, CocoError, ImageReadError, CheckpointError, BoxError, FileNotFoundError, ConfigError, RunExists,
-               EncoderMismatch, NonFiniteLoss)
+               EncoderMismatch, NonFiniteLoss, NotARefinerCheckpoint, NotEnoughData)
 
 def main(
     argv: list[str] | None = None,  # Arguments without the program name; None reads `sys.argv`

@@ -28,7 +28,7 @@ from .boxes import elementwise_iou
 from .data import NoiseConfig, NoisyBoxDataset, collate_boxes, read_image
 from .encoder import EncoderConfig
 from .loss import LossConfig
-from .refiner import BoxRefiner, BoxRefinerNet, NonFiniteOutput, RefinerConfig, image_inputs, refiner_loss
+from .refiner import BoxRefiner, BoxRefinerNet, NonFiniteOutput, RefinerConfig, RefinerLoss, image_inputs, refiner_loss
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'PRECISIONS', 'AUTOCAST_DTYPES', 'DataConfig', 'TrainConfig', 'Config', 'ConfigError', 'from_dict',
@@ -36,9 +36,9 @@ __all__ = ['SCHEDULES', 'PRECISIONS', 'AUTOCAST_DTYPES', 'DataConfig', 'TrainCon
            'CancelBatchException', 'Callback', 'run_cbs', 'with_cbs', 'NonFiniteLoss', 'Learner', 'resolve_device',
            'resolve_precision', 'DeviceCB', 'MixedPrecisionCB', 'GradClipCB', 'lr_factor', 'SchedulerCB', 'MetricsCB',
            'plot_curves', 'ProgressCB', 'LogCB', 'atomic_save', 'checkpoint_state', 'load_checkpoint', 'CheckpointCB',
-           'EarlyStoppingCB', 'init_distributed', 'run_device', 'record_inputs', 'ShardSampler', 'make_loader',
-           'split_records', 'build_callbacks', 'RunExists', 'train_refiner', 'validate_checkpoint', 'StopAfterCB',
-           'LRFinderCB', 'lr_find']
+           'EarlyStoppingCB', 'init_distributed', 'collective_device', 'run_device', 'record_inputs', 'ShardSampler',
+           'make_loader', 'split_records', 'build_callbacks', 'RunExists', 'NotEnoughData', 'train_refiner',
+           'validate_checkpoint', 'StopAfterCB', 'LRFinderCB', 'lr_find']
 
 # %% ../nbs/06_learner.ipynb #c1f5ae33
 @dataclass(frozen=True)
@@ -89,6 +89,9 @@ class TrainConfig:
         if self.grad_clip is not None and self.grad_clip <= 0: raise ValueError(f"training grad_clip must be > 0 or null, got {self.grad_clip}")
         if self.precision not in PRECISIONS: raise ValueError(f"training precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.patience is not None and self.patience < 1: raise ValueError(f"training patience must be >= 1 or null, got {self.patience}")
+        if self.device != "auto":
+            try: torch.device(self.device)
+            except RuntimeError: raise ValueError(f"training device must be auto, cpu, cuda, cuda:N, ..., got {self.device!r}") from None
 
 @dataclass(frozen=True)
 class Config:
@@ -135,8 +138,13 @@ def from_dict(cls, values: dict | None, prefix: str = ""):
 
 def _set(tree: dict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
-    for p in parents: tree = tree.setdefault(p, {})
+    for p in parents:
+        if not isinstance(tree.get(p), dict): tree[p] = {} if tree.get(p) is None else _not_a_section(dotted, p)
+        tree = tree[p]
     tree[leaf] = value
+
+def _not_a_section(dotted: str, p: str):
+    raise ConfigError(f"cannot set {dotted}: {p} is a value, not a section")
 
 def load_config(
     path=None,  # A YAML file holding any subset of `Config`; None: the defaults
@@ -147,6 +155,7 @@ def load_config(
     if path is not None:
         try: tree = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as e: raise ConfigError(f"cannot read config {path}: {e}") from None
+        if not isinstance(tree, dict): raise ConfigError(f"config {path} must be a mapping of sections, got {type(tree).__name__}")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key: raise ConfigError(f"an override must look like section.key=value, got {item!r}")
@@ -344,7 +353,7 @@ def _sum_over_ranks(sums: dict, n: int) -> tuple:
     import torch.distributed as dist
     if _world()[1] == 1: return sums, n
     keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys] + [n], dtype=torch.float64)
+    t = torch.tensor([sums[k] for k in keys] + [n], dtype=torch.float64, device=collective_device())
     dist.all_reduce(t)
     return dict(zip(keys, t[:-1].tolist())), int(t[-1].item())
 
@@ -364,7 +373,7 @@ class MetricsCB(Callback):
         learn.history, learn.step_losses, learn.best = getattr(learn, "history", []), getattr(learn, "step_losses", []), getattr(learn, "best", None)
         learn.skipped_steps = getattr(learn, "skipped_steps", 0)
     def before_epoch(self, learn):
-        self.sums, self.n, self.ious, self.noisy_ious, self.start = {}, 0, [], [], time.perf_counter()
+        self.sums, self.n, self.ious, self.noisy_ious, self.start = dict.fromkeys(RefinerLoss._fields, 0.0), 0, [], [], time.perf_counter()
         if learn.training: self.fit_start = self.start
     def after_loss(self, learn):
         n = len(learn.batch["boxes"])
@@ -381,7 +390,7 @@ class MetricsCB(Callback):
             self.train = {"epoch": learn.epoch, "train_loss": means.get("total", math.nan), "lr": getattr(learn, "lr", math.nan),
                           "train_seconds": time.perf_counter() - self.start}
             return
-        iou, noisy = _gather_over_ranks(torch.cat(self.ious)), _gather_over_ranks(torch.cat(self.noisy_ious))
+        iou, noisy = (_gather_over_ranks(torch.cat(v) if v else torch.zeros(0)) for v in (self.ious, self.noisy_ious))
         row = {**(getattr(self, "train", None) or {"epoch": learn.epoch}), "val_loss": means["total"], "val_l1": means["l1"], "val_giou": means["giou"],
                "val_quality": means["quality"], "val_mean_iou": iou.mean().item(), "val_iou_ge_0.75": (iou >= 0.75).float().mean().item(),
                "val_iou_ge_0.9": (iou >= 0.9).float().mean().item(), "noisy_mean_iou": noisy.mean().item(), "val_boxes": len(iou),
@@ -435,7 +444,7 @@ class LogCB(Callback):
     def after_epoch(self, learn):
         if learn.training or not learn.history: return
         with open(self.run_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(learn.history[-1]) + "\n")
-    def after_fit(self, learn):
+    def cleanup_fit(self, learn):  # also after an early stop or an error: the curves so far
         import matplotlib.pyplot as plt
         if not learn.history: return
         fig = plot_curves(learn.history)
@@ -505,14 +514,19 @@ def _world() -> tuple:
     import torch.distributed as dist
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
-def init_distributed() -> tuple:
-    "Join the process group when started by `torchrun` (NCCL with CUDA, else gloo); (rank, world size)."
+def init_distributed(device: str = "auto") -> tuple:
+    "Join the process group when started by `torchrun` (NCCL when training on CUDA, else gloo); (rank, world size)."
     import torch.distributed as dist
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        cuda = torch.cuda.is_available()
+        cuda = torch.cuda.is_available() and resolve_device(device).type == "cuda"
         if cuda: torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo")
     return _world()
+
+def collective_device() -> torch.device:
+    "Where tensors for collectives must live: this process's GPU under NCCL, else the CPU."
+    import torch.distributed as dist
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 def run_device(config: TrainConfig) -> torch.device:
     "The training device; under torchrun with CUDA, this process's GPU."
@@ -568,9 +582,13 @@ def build_callbacks(config: Config, run_dir, extra_state: dict, device, progress
 class RunExists(FileExistsError):
     "A run folder that already holds a run, without --resume."
 
+class NotEnoughData(ValueError):
+    "Too few images (with boxes) to train and validate."
+
 def _prepare_run_dir(run_dir, resume: bool) -> Path | None:
     if run_dir is None: return None
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir(): raise RunExists(f"{run_dir} is a file, not a run folder")
     if resume and not (run_dir / "last.pt").exists(): raise FileNotFoundError(f"cannot resume: no {run_dir / 'last.pt'}")
     if not resume and (run_dir / "last.pt").exists():
         raise RunExists(f"{run_dir} already holds a run (last.pt): pass --resume to continue it, or choose another folder")
@@ -589,7 +607,9 @@ def train_refiner(
     random_weights: bool | None = None,  # Whether the encoder has random weights (decides `model.sam="auto"`); None: from the config
 ) -> Learner:  # The learner after fitting: its `history`, `model` and `refiner`
     "Train a refiner on cached features and noisy boxes, logging and checkpointing into `run_dir`."
-    if not train_records or not val_records: raise ValueError(f"need training and validation images, got {len(train_records)} and {len(val_records)}")
+    train_records, val_records = ([r for r in recs if len(r.boxes)] for recs in (train_records, val_records))  # an image without boxes has no loss
+    if not train_records or not val_records: raise NotEnoughData(f"need training and validation images with boxes, got {len(train_records)} and {len(val_records)}")
+    if len(val_records) < _world()[1]: raise NotEnoughData(f"{len(val_records)} validation images cannot be shared by {_world()[1]} processes")
     run_dir = _prepare_run_dir(run_dir, resume)
     if random_weights is None: random_weights = config.encoder.resolved_checkpoint() is None
     config = dataclasses.replace(config, model=config.model.resolved(random_weights))
@@ -603,9 +623,10 @@ def train_refiner(
     rank, _ = _world()
     if run_dir is not None and rank == 0: save_config(config, run_dir / "config.yaml")
     features = partial(record_inputs, cache=cache, use_sam=use_sam)
-    device, model = run_device(config.training), net
+    device = run_device(config.training)
+    model = net.to(device)  # before the optimizer state is made or loaded, so that it lands on the same device
     if _world()[1] > 1:  # DistributedDataParallel averages the gradients across processes
-        model = torch.nn.parallel.DistributedDataParallel(net.to(device), device_ids=[device.index] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     learn = Learner(model, make_loader(train_records, config.data.train_noise_config(), config.data, True, features),
                     make_loader(val_records, config.data.val_noise_config(), config.data, False, features), config.training, config.loss)
     learn.cbs = build_callbacks(config, run_dir, refiner.extra_state(), device, progress, rank) + list(cbs)

@@ -23,8 +23,8 @@ from .loss import LossConfig, box_loss
 # %% auto #0
 __all__ = ['SAM_INPUTS', 'PIXEL_MEAN', 'PIXEL_STD', 'REQUIRED_STATE', 'RefinerConfig', 'context_boxes', 'apply_deltas',
            'CropEncoder', 'image_crops', 'FeatureRoI', 'feature_windows', 'box_geometry', 'NonFiniteOutput',
-           'BoxRefinerNet', 'RefinerLoss', 'refiner_loss', 'EncoderMismatch', 'read_refiner_checkpoint', 'BoxRefiner',
-           'image_inputs', 'image_features', 'refine']
+           'BoxRefinerNet', 'RefinerLoss', 'refiner_loss', 'EncoderMismatch', 'NotARefinerCheckpoint',
+           'read_refiner_checkpoint', 'BoxRefiner', 'image_inputs', 'image_features', 'refine']
 
 # %% ../nbs/05_refiner.ipynb #53994633
 SAM_INPUTS = ("off", "embedding", "embedding+interm", "auto")
@@ -180,14 +180,19 @@ class EncoderMismatch(ValueError):
 
 REQUIRED_STATE = ("model_config", "encoder_config", "encoder_fingerprint", "interm_channels")
 
+class NotARefinerCheckpoint(ValueError):
+    "A file that is not a boxrefine refiner checkpoint."
+
 def read_refiner_checkpoint(path) -> dict:
     "A refiner checkpoint (from a run folder's best.pt, or a file), checked for what `BoxRefiner` needs."
     path = Path(path)
     path = path / "best.pt" if path.is_dir() else path
     if not path.is_file(): raise FileNotFoundError(f"no refiner checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds plain configs and RNG states
+    try: ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds plain configs and RNG states
+    except Exception as e: raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict): raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: it holds a {type(ckpt).__name__}")
     missing = [k for k in REQUIRED_STATE if k not in (ckpt.get("extra_state") or {})] + ["model"] * ("model" not in ckpt)
-    if missing: raise ValueError(f"{path} is not a boxrefine refiner checkpoint: it lacks {missing}")
+    if missing: raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: it lacks {missing}")
     return ckpt
 
 # %% ../nbs/05_refiner.ipynb #9b638ef9

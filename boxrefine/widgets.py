@@ -5,6 +5,7 @@
 # %% ../nbs/08_widgets.ipynb #4cf8459b
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -110,9 +111,9 @@ class TrainingMonitor(Callback):
         if self.active and self.every and learn.step_count % self.every == 0: self.maybe_refresh()
     def after_epoch(self, learn):
         if self.active and not learn.training and not self.every: self.maybe_refresh()
-    def after_fit(self, learn):
+    def cleanup_fit(self, learn):  # also after an early stop
         self.fit_end, self.fit_seconds = time.perf_counter(), self.seconds  # what watching cost the training itself
-        if self.active: self.refresh()  # the final state, always, once training is over
+        if self.active and learn.history: self.refresh()  # the final state, always, once training is over
 
     def maybe_refresh(self) -> None:
         "Refresh unless that would take the monitor over its time budget."
@@ -286,7 +287,19 @@ class ReviewSession:
         if not self.anns: raise ValueError(f"{self.refined_path} has no refined annotations (bbox_input): run `boxrefine refine` first")
         self.files = {im["id"]: im["file_name"] for im in self.coco["images"]}
         self.decisions_path = self.out.with_name(self.out.name + ".decisions.json")
-        self.decisions = {int(k): v for k, v in json.loads(self.decisions_path.read_text()).items()} if self.decisions_path.exists() else {}
+        self.refined_digest = hashlib.sha256(self.refined_path.read_bytes()).hexdigest()[:16]
+        self.decisions = self._saved_decisions()
+        if self.out.exists() and json.loads(self.out.read_text()).get("info", {}).get("boxrefine_review") != self.refined_digest:
+            raise ValueError(f"{self.out} exists and is not a review of {self.refined_path}: choose another out")
+
+    def _saved_decisions(self) -> dict:
+        "The decisions saved for this very refined file; decisions about another refined file are refused."
+        if not self.decisions_path.exists(): return {}
+        saved = json.loads(self.decisions_path.read_text())
+        if saved.get("refined") != self.refined_digest:
+            raise ValueError(f"{self.decisions_path} holds decisions about another version of {self.refined_path.name} "
+                             "(it was refined again): move that file away to start a new review")
+        return {int(k): v for k, v in saved["decisions"].items()}
 
     def moved(self, ann_id: int) -> float:
         "How far refinement moved a box: 1 - IoU of the refined box with the input box."
@@ -311,7 +324,7 @@ def decide(self: ReviewSession, ann_id: int, action: str, delta=None) -> dict:
         total = [a + b for a, b in zip(old.get("delta", [0, 0, 0, 0]), delta)] if old.get("action") == "nudge" else list(delta)
         self.decisions[ann_id] = {"action": "nudge", "delta": [float(v) for v in total]}
     else: self.decisions[ann_id] = {"action": action}
-    _atomic_write_json(self.decisions_path, {str(k): v for k, v in self.decisions.items()})
+    _atomic_write_json(self.decisions_path, {"refined": self.refined_digest, "decisions": {str(k): v for k, v in self.decisions.items()}})
     return self.decisions[ann_id]
 
 def final_box(self: ReviewSession, ann_id: int) -> list:
@@ -332,6 +345,8 @@ def write(self: ReviewSession) -> Path:
         d = self.decisions.get(a["id"])
         a["bbox"] = self.final_box(a["id"])
         a["review"] = d["action"] if d else "pending"
+        if not a.get("segmentation"): a["area"] = round(a["bbox"][2] * a["bbox"][3], 2)
+    out.setdefault("info", {})["boxrefine_review"] = self.refined_digest
     _atomic_write_json(self.out, out)
     return self.out
 

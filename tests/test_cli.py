@@ -93,3 +93,18 @@ def test_user_errors_are_one_line(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr and "boxrefine eval: error:" in done.stderr and "test" in done.stderr
     same = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--json", str(sample_paths().annotations))
     assert same.returncode == 2 and "would overwrite the input annotations" in same.stderr
+
+
+def test_eval_and_demo_never_overwrite_what_they_did_not_make(tmp_path):
+    existing = tmp_path / "precious.json"
+    existing.write_text("{}")
+    done = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--json", str(existing))
+    assert done.returncode == 2 and "exists" in done.stderr and existing.read_text() == "{}"
+    bad_noise = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--noise", "1.5")
+    assert bad_noise.returncode == 2 and "--noise must be in [0, 1)" in bad_noise.stderr and "Traceback" not in bad_noise.stderr
+    not_a_run = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--run", str(existing))
+    assert not_a_run.returncode == 2 and "is not a boxrefine refiner checkpoint" in not_a_run.stderr and "Traceback" not in not_a_run.stderr
+    (tmp_path / "demo" / "run").mkdir(parents=True)
+    (tmp_path / "demo" / "run" / "mine.txt").write_text("keep me")
+    demo = run("demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
+    assert demo.returncode == 2 and "is not a demo run" in demo.stderr and (tmp_path / "demo" / "run" / "mine.txt").exists()

@@ -87,4 +87,11 @@ def test_review_accept_reject_nudge_write_and_resume(refined_file, tmp_path):
     assert anns[ids[2]]["bbox"] == pytest.approx([x - 2, y, w + 2, h + 1], abs=0.02) and anns[ids[2]]["review"] == "nudge"
     assert all(a["review"] == "pending" for i, a in anns.items() if i in src and "bbox_input" in src[i] and i not in ids[:3])
     assert refined_file.read_bytes() == before  # the input is never touched
+    assert anns[ids[2]]["area"] == pytest.approx(anns[ids[2]]["bbox"][2] * anns[ids[2]]["bbox"][3], abs=0.02)
     with pytest.raises(ValueError, match="is the input file"): ReviewSession(refined_file, sample_paths().images, out=refined_file)
+    with pytest.raises(ValueError, match="is not a review of"): ReviewSession(refined_file, sample_paths().images, out=sample_paths().annotations)
+    coco = json.loads(before)
+    coco["annotations"][0]["bbox"][0] += 1  # refined again: the old decisions do not apply to the new boxes
+    refined_file.write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match="holds decisions about another version"):
+        ReviewSession(refined_file, sample_paths().images, out=tmp_path / "reviewed.json")
