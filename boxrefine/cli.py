@@ -343,7 +343,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="boxrefine-demo", help="folder for the run and the pictures (default: boxrefine-demo)")
     d.add_argument("--seed", type=int, default=0, help="seed of the noise, split and weights (default: 0)")
     d.add_argument("--epochs", type=int, default=60, help="training epochs (default: 60)")
-    d.set_defaults(handler=lambda a: demo(a.out, a.seed, [s for s in DEMO_SETTINGS if not s.startswith("training.epochs")] + [f"training.epochs={a.epochs}"]))
+    d.set_defaults(handler=lambda a: demo(a.out, a.seed, DEMO_SETTINGS + [f"training.epochs={a.epochs}"]))  # later overrides win
     c = sub.add_parser("cache", help="fill the feature cache for a dataset, or show (--stats) or empty (--clear) it")
     c.add_argument("--stats", action="store_true", help="show the entries and bytes on disk, and stop")
     c.add_argument("--clear", action="store_true", help="remove every cache entry, and stop")

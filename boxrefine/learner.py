@@ -37,8 +37,8 @@ __all__ = ['SCHEDULES', 'PRECISIONS', 'AUTOCAST_DTYPES', 'DataConfig', 'TrainCon
            'resolve_precision', 'DeviceCB', 'MixedPrecisionCB', 'GradClipCB', 'lr_factor', 'SchedulerCB', 'MetricsCB',
            'plot_curves', 'ProgressCB', 'LogCB', 'atomic_save', 'checkpoint_state', 'load_checkpoint', 'CheckpointCB',
            'EarlyStoppingCB', 'init_distributed', 'collective_device', 'run_device', 'record_inputs', 'ShardSampler',
-           'make_loader', 'split_records', 'build_callbacks', 'RunExists', 'NotEnoughData', 'train_refiner',
-           'validate_checkpoint', 'StopAfterCB', 'LRFinderCB', 'lr_find']
+           'make_loader', 'split_records', 'core_callbacks', 'build_callbacks', 'RunExists', 'NotEnoughData',
+           'train_refiner', 'validate_checkpoint', 'StopAfterCB', 'LRFinderCB', 'lr_find']
 
 # %% ../nbs/06_learner.ipynb #c1f5ae33
 @dataclass(frozen=True)
@@ -269,7 +269,7 @@ class Learner:
         "Run epochs `start_epoch` (0, or where a resumed run stopped) to `n_epochs` (default: the config's)."
         self.n_epochs = n_epochs or self.config.epochs
         self.start_epoch = getattr(self, "resume_epoch", 0)
-        for cb in cbs: self.cbs.append(cb)
+        self.cbs += cbs
         try: self._fit(train, valid)
         finally:
             for cb in cbs: self.cbs.remove(cb)
@@ -377,9 +377,10 @@ class MetricsCB(Callback):
         if learn.training: self.fit_start = self.start
     def after_loss(self, learn):
         n = len(learn.batch["boxes"])
-        for k, v in learn.loss_parts._asdict().items(): self.sums[k] = self.sums.get(k, 0.0) + v.item() * n
+        values = torch.stack(list(learn.loss_parts)).tolist()  # one device sync for all parts
+        for k, v in zip(RefinerLoss._fields, values): self.sums[k] += v * n
         self.n += n
-        if learn.training: learn.step_losses.append(learn.loss.item())
+        if learn.training: learn.step_losses.append(values[0])
         else:
             self.ious.append(elementwise_iou(learn.preds["boxes"][-1].float(), learn.batch["boxes"]).cpu())
             self.noisy_ious.append(elementwise_iou(learn.batch["noisy"], learn.batch["boxes"]).cpu())
@@ -401,18 +402,23 @@ class MetricsCB(Callback):
         if learn.best is None or row["val_mean_iou"] > learn.best["val_mean_iou"]: learn.best = {"epoch": learn.epoch, "val_mean_iou": row["val_mean_iou"]}
 
 # %% ../nbs/06_learner.ipynb #ece662e0
-def plot_curves(history: list[dict], ax=None):
-    "Training and validation loss, and validation mean IoU against the noisy input's, per epoch."
+def plot_curves(
+    history: list[dict],  # `learn.history`
+    ax=None,  # Two axes to draw on; None: a new figure
+    step_losses=None,  # `learn.step_losses`: draw the training loss per step instead of per epoch
+    steps_per_epoch: int = 1,  # Steps in an epoch, to put step losses on the epoch axis
+):  # The figure
+    "Training and validation loss, and validation mean IoU against the noisy input's, on an axis of epochs."
     import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(1, 2, figsize=(10, 3.2))
+    if ax is None: _, ax = plt.subplots(1, 2, figsize=(10, 3.2), layout="tight")
     epochs = [h["epoch"] + 1 for h in history]
-    ax[0].plot(epochs, [h.get("train_loss", math.nan) for h in history], label="training loss")
-    ax[0].plot(epochs, [h["val_loss"] for h in history], label="validation loss")
-    ax[0].set_xlabel("epoch"); ax[0].set_ylabel("loss"); ax[0].legend()
-    ax[1].plot(epochs, [h["val_mean_iou"] for h in history], label="refined")
+    if step_losses: ax[0].plot(np.arange(1, len(step_losses) + 1) / steps_per_epoch, step_losses, lw=0.7, alpha=0.6, label="training loss (step)")
+    else: ax[0].plot(epochs, [h.get("train_loss", math.nan) for h in history], label="training loss")
+    ax[0].plot(epochs, [h["val_loss"] for h in history], "o-", ms=3, label="validation loss")
+    ax[1].plot(epochs, [h["val_mean_iou"] for h in history], "o-", ms=3, label="refined")
     ax[1].plot(epochs, [h["noisy_mean_iou"] for h in history], "--", label="noisy input")
-    ax[1].set_xlabel("epoch"); ax[1].set_ylabel("validation mean IoU"); ax[1].legend()
-    ax[0].figure.tight_layout()
+    ax[0].set_ylabel("loss"); ax[1].set_ylabel("validation mean IoU")
+    for a in ax: a.set_xlabel("epoch"); a.legend(fontsize=8)
     return ax[0].figure
 
 class ProgressCB(Callback):
@@ -426,7 +432,7 @@ class ProgressCB(Callback):
         from fastprogress.fastprogress import progress_bar
         learn.dl = progress_bar(learn.dl, parent=self.mbar, leave=False)
     def after_batch(self, learn):
-        if learn.training: learn.dl.comment = f"loss {learn.loss.item():.3f}"
+        if learn.training: learn.dl.comment = f"loss {learn.step_losses[-1]:.3f}"  # MetricsCB has read it already
     def after_epoch(self, learn):
         if learn.training or not learn.history: return
         h = learn.history[-1]
@@ -566,12 +572,15 @@ def split_records(records: list, data: DataConfig) -> tuple:
     return [r for r in records if r.id not in val_ids], [r for r in records if r.id in val_ids]
 
 # %% ../nbs/06_learner.ipynb #0e9d8d22
+def core_callbacks(config: TrainConfig, device) -> list:
+    "What training and evaluation share: device placement, metrics, and the autocast precision."
+    precision = resolve_precision(config.precision, torch.device(device))
+    return [DeviceCB(device), MetricsCB()] + ([MixedPrecisionCB(precision)] if precision != "fp32" else [])
+
 def build_callbacks(config: Config, run_dir, extra_state: dict, device, progress: bool = True, rank: int = 0) -> list:
     "The standard callbacks of a training run; only rank 0 logs, saves and shows progress."
     tc = config.training
-    cbs = [DeviceCB(device), MetricsCB(), SchedulerCB(tc)]
-    precision = resolve_precision(tc.precision, torch.device(device))
-    if precision != "fp32": cbs.append(MixedPrecisionCB(precision))
+    cbs = core_callbacks(tc, device) + [SchedulerCB(tc)]
     if tc.grad_clip: cbs.append(GradClipCB(tc.grad_clip))
     if rank == 0:
         if run_dir is not None: cbs += [LogCB(run_dir), CheckpointCB(run_dir, extra_state, config)]
@@ -648,11 +657,8 @@ def validate_checkpoint(
     net = BoxRefinerNet(config.model, ckpt["extra_state"]["interm_channels"])
     net.load_state_dict(ckpt["model"])
     features = partial(record_inputs, cache=cache, use_sam=config.model.sam != "off")
-    device = resolve_device(config.training.device)
-    cbs = [DeviceCB(device), MetricsCB()]
-    precision = resolve_precision(config.training.precision, device)
-    if precision != "fp32": cbs.append(MixedPrecisionCB(precision))
-    learn = Learner(net, None, make_loader(val_records, config.data.val_noise_config(), config.data, False, features), config.training, config.loss, cbs)
+    learn = Learner(net, None, make_loader(val_records, config.data.val_noise_config(), config.data, False, features), config.training, config.loss,
+                    core_callbacks(config.training, resolve_device(config.training.device)))
     learn.fit(1, train=False)
     return learn.history[-1]
 

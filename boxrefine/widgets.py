@@ -30,9 +30,9 @@ BOX_STYLES = {
 
 # %% auto #0
 __all__ = ['BOX_STYLES', 'REFRESH_CHOICES', 'BOX_KINDS', 'THUMBNAIL_SIDE', 'NUDGES', 'show_boxes', 'in_notebook', 'figure_png',
-           'TrainingMonitor', 'predict_page', 'page_indices', 'boxes_figure', 'curves_figure', 'thumbnail', 'refresh',
-           'snapshot', 'set_page', 'set_kind', 'drawn_boxes', 'ReviewSession', 'decide', 'final_box', 'write',
-           'ReviewWidget']
+           'TrainingMonitor', 'predict_page', 'page_indices', 'draw_page', 'boxes_figure', 'curves_figure', 'thumbnail',
+           'refresh', 'snapshot', 'set_page', 'set_kind', 'drawn_boxes', 'ReviewSession', 'decide', 'final_box',
+           'write', 'ReviewWidget']
 
 # %% ../nbs/08_widgets.ipynb #d0d38ef3
 def show_boxes(
@@ -149,32 +149,24 @@ def page_indices(self: TrainingMonitor) -> range:
     start = self.page * self.n_images
     return range(start, min(start + self.n_images, len(self.learn.valid_dl.dataset)))
 
+def draw_page(self: TrainingMonitor, axs, items: list) -> None:
+    "The page's images on `axs`, with the chosen kinds of box."
+    for ax in axs: ax.set_axis_off()
+    for ax, i, item in zip(axs, self.page_indices(), items):
+        show = {k: v for k, v in (("true", item["boxes"]), ("noisy", item["noisy"]), ("pred", self.preds.get(i))) if k in self.kinds and v is not None}
+        show_boxes(self.thumbnail(item["path"]), **show, ax=ax, legend=ax is axs[0], title=f"image {item['image_id']}", max_side=THUMBNAIL_SIDE)
+
 def boxes_figure(self: TrainingMonitor, items: list):
     "The page's images with the chosen kinds of box."
     fig, axs = plt.subplots(1, self.n_images, figsize=(3.2 * self.n_images, 2.7), squeeze=False)
-    for ax in axs[0]: ax.set_axis_off()
-    for ax, i, item in zip(axs[0], self.page_indices(), items):
-        show = {k: v for k, v in (("true", item["boxes"]), ("noisy", item["noisy"]), ("pred", self.preds.get(i))) if k in self.kinds and v is not None}
-        show_boxes(self.thumbnail(item["path"]), **show, ax=ax, legend=ax is axs[0][0], title=f"image {item['image_id']}", max_side=THUMBNAIL_SIDE)
+    self.draw_page(axs[0], items)
     fig.suptitle(f"validation page {self.page + 1}/{self.n_pages}, epoch {self.learn.epoch + 1}, step {self.learn.step_count}", fontsize=9)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.86, wspace=0.03)  # fixed layout: tight_layout costs a third of a refresh
     return fig
 
 def curves_figure(self: TrainingMonitor):
     "Training loss per step, validation loss and mean IoU per epoch."
-    fig, ax = plt.subplots(1, 2, figsize=(10, 2.8))
-    history, steps = self.learn.history, getattr(self.learn, "step_losses", [])
-    if steps: ax[0].plot(np.arange(1, len(steps) + 1), steps, lw=0.7, alpha=0.6, label="training loss (step)")
-    if history:
-        per_epoch = len(self.learn.train_dl)
-        ax[0].plot([(h["epoch"] + 1) * per_epoch for h in history], [h["val_loss"] for h in history], "o-", label="validation loss (epoch)")
-        ax[1].plot([h["epoch"] + 1 for h in history], [h["val_mean_iou"] for h in history], "o-", label="refined")
-        ax[1].plot([h["epoch"] + 1 for h in history], [h["noisy_mean_iou"] for h in history], "--", label="noisy input")
-    ax[0].set_xlabel("step"); ax[0].set_ylabel("loss"); ax[1].set_xlabel("epoch"); ax[1].set_ylabel("validation mean IoU")
-    for a in ax:
-        if a.lines: a.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return plot_curves(self.learn.history, step_losses=getattr(self.learn, "step_losses", None), steps_per_epoch=len(self.learn.train_dl))
 
 THUMBNAIL_SIDE = 320
 
@@ -185,6 +177,7 @@ def thumbnail(self: TrainingMonitor, path) -> np.ndarray:
     return cache[path]
 
 TrainingMonitor.predict_page, TrainingMonitor.page_indices, TrainingMonitor.thumbnail = predict_page, page_indices, thumbnail
+TrainingMonitor.draw_page = draw_page
 TrainingMonitor.boxes_figure, TrainingMonitor.curves_figure = boxes_figure, curves_figure
 
 # %% ../nbs/08_widgets.ipynb #b8f8fffa
@@ -207,17 +200,10 @@ def snapshot(self: TrainingMonitor):
     items = self.predict_page()
     fig, axs = plt.subplots(2, max(2, self.n_images), figsize=(3.2 * max(2, self.n_images), 5.6), gridspec_kw={"height_ratios": [1, 1.2]})
     for ax in axs.flat: ax.set_axis_off()
-    spec = axs[0, 0].get_gridspec()
-    half = max(2, self.n_images) // 2
-    loss_ax, iou_ax = fig.add_subplot(spec[0, :half]), fig.add_subplot(spec[0, half:])
-    curves = self.curves_figure()
-    for src, dst in zip(curves.axes, (loss_ax, iou_ax)):
-        for line in src.lines: dst.plot(*line.get_data(), line.get_linestyle(), marker=line.get_marker(), lw=line.get_linewidth(), label=line.get_label())
-        dst.set_xlabel(src.get_xlabel()); dst.set_ylabel(src.get_ylabel()); dst.legend(fontsize=7)
-    plt.close(curves)
-    for ax, i, item in zip(axs[1], self.page_indices(), items):
-        show = {k: v for k, v in (("true", item["boxes"]), ("noisy", item["noisy"]), ("pred", self.preds.get(i))) if k in self.kinds}
-        show_boxes(read_image(item["path"]), **show, ax=ax, legend=ax is axs[1][0], title=f"image {item['image_id']}")
+    spec, half = axs[0, 0].get_gridspec(), max(2, self.n_images) // 2
+    plot_curves(self.learn.history, [fig.add_subplot(spec[0, :half]), fig.add_subplot(spec[0, half:])],
+                getattr(self.learn, "step_losses", None), len(self.learn.train_dl))
+    self.draw_page(axs[1], items)
     fig.tight_layout()
     return fig
 
