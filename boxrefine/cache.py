@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import safetensors.torch
 import torch
 
 from .encoder import DTYPES, EMBEDDING_SHAPE, Encoder, load_rgb
+from .machine import live_progress
 
 # %% auto #0
 __all__ = ['LAYOUT', 'ENTRY_SUFFIX', 'SAFETENSORS_DTYPES', 'default_cache_dir', 'pixel_digest', 'entry_key', 'CacheStats',
@@ -311,12 +312,15 @@ def warm(
     "Fill the cache for `images`, a batch at a time, skipping entries already present."
     from fastprogress.fastprogress import progress_bar
     self.remove_stale_temporaries()
-    batch = self.encoder.config.batch_size
+    batch, start_time, before = self.encoder.config.batch_size, time.perf_counter(), replace(self.stats)
     starts = range(0, len(images), batch)
-    bar = progress_bar(starts) if progress else None
+    bar = progress_bar(starts) if progress and live_progress() else None
     for start in bar or starts:
         self.get_many(images[start:start + batch], dtype=None)
         if bar: bar.comment = f"warming the feature cache: {self.stats.hit_rate:.0%} hits"
+    if progress and bar is None:  # a log, not a terminal: one line for the pass
+        print(f"feature cache: {len(images)} images, {self.stats.hits - before.hits} hits, "
+              f"{self.stats.misses - before.misses} encoded, {time.perf_counter() - start_time:.1f} s", flush=True)
     return self.stats
 
 FeatureCache.entries, FeatureCache.disk_usage, FeatureCache.remove_stale_temporaries = entries, disk_usage, remove_stale_temporaries

@@ -21,6 +21,7 @@ from .encoder import CheckpointError, DTYPES, MODEL_TYPES, Encoder, EncoderConfi
 from .learner import (ConfigError, NonFiniteLoss, NotEnoughData, RunExists, _world, collective_device, init_distributed, load_config, split_records,
                                train_refiner)
 from .loss import box_loss
+from .machine import live_progress
 from .metrics import evaluate_boxes, metrics_table, noisy_baseline, sam_baseline
 from .refiner import BoxRefiner, EncoderMismatch, NotARefinerCheckpoint
 
@@ -95,9 +96,11 @@ def encoder_settings(args) -> dict:
     "The `EncoderConfig` fields the command line set."
     return {field: getattr(args, opt) for opt, field in ENCODER_OPTIONS.items() if getattr(args, opt, None) is not None}
 
-def encoder_from(args) -> Encoder:
-    "The encoder the options ask for."
-    return Encoder(EncoderConfig(**encoder_settings(args)))
+def encoder_from(args, config: EncoderConfig | None = None, say=print) -> Encoder:
+    "The encoder `config` or the options ask for, its precision said once."
+    encoder = Encoder(config or EncoderConfig(**encoder_settings(args)))
+    say(f"HQ-SAM {encoder.config.model_type} encoder precision: {encoder.precision}")
+    return encoder
 
 def records_from(args, verbose: bool = True) -> list:
     "The dataset's kept records, limited to --max-images."
@@ -131,7 +134,7 @@ def cache_command(args) -> dict:
     else:
         rank, world = init_distributed()
         records = records_from(args, verbose=not args.json and rank == 0)
-        cache = FeatureCache(encoder_from(args), args.cache_dir)
+        cache = FeatureCache(encoder_from(args, say=print if not args.json and rank == 0 else lambda *a: None), args.cache_dir)
         warm_shared(cache, [r.path for r in records], progress=not args.json)
         stats = stats_over_ranks(cache.stats.as_dict())
         out = {"root": str(cache.root), "fingerprint": cache.fingerprint, "n_images": len(records), **stats, "disk": cache.disk_usage()}
@@ -155,7 +158,8 @@ def refine_records(
     "Refine the boxes of every record."
     from fastprogress.fastprogress import progress_bar
     if cache is not None: cache.warm([r.path for r in records], progress=progress)
-    out = [refiner.refine(r.path, b, cache) for r, b in zip(progress_bar(records, leave=False) if progress else records, boxes)]
+    shown = progress_bar(records, leave=False) if progress and live_progress() else records
+    out = [refiner.refine(r.path, b, cache) for r, b in zip(shown, boxes)]
     return [b for b, _ in out], [q for _, q in out]
 
 def refined_method(refiner: BoxRefiner, records: list, noise: NoiseConfig, cache=None, progress: bool = True) -> dict:
@@ -213,7 +217,7 @@ def train_command(args):
     random_weights = config.encoder.resolved_checkpoint() is None
     cache = None
     if config.model.resolved(random_weights).sam != "off":
-        cache = FeatureCache(Encoder(config.encoder), args.cache_dir)
+        cache = FeatureCache(encoder_from(args, config.encoder, say), args.cache_dir)
         warm_shared(cache, [r.path for r in train + val])
         say(f"feature cache {cache.root}: {cache.stats}")
     else: say("SAM features: off (model.sam=auto with a random-weight encoder: they carry no signal); the refiner reads image crops")

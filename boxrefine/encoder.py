@@ -10,7 +10,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +19,13 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from .boxes import check_boxes
+from .machine import PRECISIONS, autocast_context, choose_precision
 from .data import read_image
 
 # %% auto #0
 __all__ = ['MODEL_TYPES', 'INTERM_CHANNELS', 'DTYPES', 'INPUT_SIZE', 'EMBEDDING_SHAPE', 'PREPROCESS_VERSION', 'EncoderConfig',
            'CheckpointError', 'RandomWeightsWarning', 'build_sam', 'load_rgb', 'ImageTransform', 'preprocess',
-           'encoder_fingerprint', 'autocast_context', 'Encoder', 'box_masks']
+           'encoder_fingerprint', 'Encoder', 'box_masks']
 
 # %% ../nbs/02_encoder.ipynb #2deccabd
 def _import_sam_hq():
@@ -49,15 +50,16 @@ class EncoderConfig:
     model_type: str = "vit_tiny"  # One of `MODEL_TYPES`
     checkpoint: str | None = None  # An official sam_hq_vit_*.pth; None: $BOXREFINE_CHECKPOINT, else random weights
     seed: int = 0  # Seed of the random weights, when there is no checkpoint
-    autocast: str = "bf16"  # Precision the encoder runs in: "bf16", "fp16" or "fp32"
+    autocast: str = "auto"  # Precision the encoder runs in: "auto" (fastest safe on the device), "bf16", "fp16", "fp32"
     storage_dtype: str = "fp16"  # Precision of cached features: "fp16", "bf16" or "fp32"
     device: str = "cpu"  # Where the encoder runs
     batch_size: int = 2  # Images per encoder call
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES: raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
-        for name in ("autocast", "storage_dtype"):
-            if getattr(self, name) not in DTYPES: raise ValueError(f"{name} must be one of {tuple(DTYPES)}, got {getattr(self, name)!r}")
+        if self.autocast not in PRECISIONS: raise ValueError(f"autocast must be one of {PRECISIONS}, got {self.autocast!r}")
+        if self.storage_dtype not in DTYPES:
+            raise ValueError(f"storage_dtype must be one of {tuple(DTYPES)}, got {self.storage_dtype!r}")
         if self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def resolved_checkpoint(self) -> Path | None:
@@ -183,15 +185,11 @@ def encoder_fingerprint(
     return f"{config.model_type}-" + hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 # %% ../nbs/02_encoder.ipynb #eb6e7258
-def autocast_context(device: str, precision: str):
-    "`torch.autocast` for `precision` on `device`'s type, or a no-op for fp32."
-    device_type = torch.device(device).type
-    return torch.autocast(device_type, DTYPES[precision], enabled=precision != "fp32")
-
 class Encoder:
-    "HQ-SAM's frozen image encoder with its preprocessing and fingerprint."
+    "HQ-SAM's frozen image encoder with its preprocessing and fingerprint; `config.autocast` is resolved."
     def __init__(self, config: EncoderConfig = EncoderConfig()):
-        self.config = config
+        self.precision = choose_precision(config.autocast, config.device, what="the HQ-SAM encoder")
+        self.config = config = replace(config, autocast=self.precision.precision)
         self.sam = build_sam(config)
         self.fingerprint = encoder_fingerprint(config, _weights_digest(self.sam, config.resolved_checkpoint()))
         self.calls, self.images, self.seconds = 0, 0, 0.0

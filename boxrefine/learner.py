@@ -28,14 +28,15 @@ from .boxes import elementwise_iou
 from .data import NoiseConfig, NoisyBoxDataset, collate_boxes, read_image
 from .encoder import EncoderConfig
 from .loss import LossConfig
+from .machine import PRECISIONS, PrecisionChoice, autocast_context, choose_precision, live_progress
 from .refiner import BoxRefiner, BoxRefinerNet, NonFiniteOutput, RefinerConfig, RefinerLoss, image_inputs, refiner_loss
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'PRECISIONS', 'AUTOCAST_DTYPES', 'DataConfig', 'TrainConfig', 'Config', 'ConfigError', 'from_dict',
-           'load_config', 'config_dict', 'save_config', 'CancelFitException', 'CancelEpochException',
-           'CancelBatchException', 'Callback', 'run_cbs', 'with_cbs', 'NonFiniteLoss', 'Learner', 'resolve_device',
-           'resolve_precision', 'DeviceCB', 'MixedPrecisionCB', 'GradClipCB', 'lr_factor', 'SchedulerCB', 'MetricsCB',
-           'plot_curves', 'ProgressCB', 'LogCB', 'atomic_save', 'checkpoint_state', 'load_checkpoint', 'CheckpointCB',
+__all__ = ['SCHEDULES', 'DataConfig', 'TrainConfig', 'Config', 'ConfigError', 'from_dict', 'load_config', 'config_dict',
+           'save_config', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback', 'run_cbs',
+           'with_cbs', 'NonFiniteLoss', 'Learner', 'resolve_device', 'DeviceCB', 'MixedPrecisionCB',
+           'choose_training_precision', 'GradClipCB', 'lr_factor', 'SchedulerCB', 'MetricsCB', 'plot_curves',
+           'epoch_line', 'ProgressCB', 'LogCB', 'atomic_save', 'checkpoint_state', 'load_checkpoint', 'CheckpointCB',
            'EarlyStoppingCB', 'init_distributed', 'collective_device', 'run_device', 'record_inputs', 'ShardSampler',
            'make_loader', 'split_records', 'core_callbacks', 'build_callbacks', 'RunExists', 'NotEnoughData',
            'train_refiner', 'validate_checkpoint', 'StopAfterCB', 'LRFinderCB', 'lr_find']
@@ -64,7 +65,6 @@ class DataConfig:
     def val_noise_config(self) -> NoiseConfig: return NoiseConfig(r=self.noise, seed=self.seed)
 
 SCHEDULES = ("cosine", "constant")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -75,7 +75,7 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine": linear warm-up then cosine to 0; "constant": warm-up then flat
     warmup: float = 0.05  # Share of all steps spent warming up
     grad_clip: float | None = 1.0  # Clip the gradient norm to this; None: no clipping
-    precision: str = "auto"  # "auto" (bf16 where supported, else fp16 on CUDA), "bf16", "fp16" or "fp32"
+    precision: str = "auto"  # "auto" (the fastest safe one, measured on this device), "bf16", "fp16" or "fp32"
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     patience: int | None = None  # Stop when validation mean IoU has not improved for this many epochs; None: never
     seed: int = 0  # Seed of the weights' initialisation
@@ -280,12 +280,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    "`auto` is bf16 where the device supports it, else fp16 (CUDA before Ampere)."
-    if precision != "auto": return precision
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported(): return "fp16"
-    return "bf16"
-
 class DeviceCB(Callback):
     "Model and batches on one device."
     order = -20
@@ -294,8 +288,6 @@ class DeviceCB(Callback):
         learn.device = self.device
         learn.model.to(self.device)
     def before_batch(self, learn): learn.batch = _as_device(learn.batch, self.device)
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 class MixedPrecisionCB(Callback):
     "Forward pass under `torch.autocast`; for fp16, a `GradScaler` whose skipped steps are counted."
@@ -307,7 +299,7 @@ class MixedPrecisionCB(Callback):
         if learn.scaler is not None:
             learn.backward, learn.step = partial(self.backward, learn), partial(self.step, learn)
     def before_batch(self, learn):
-        self.autocast = torch.autocast(learn.device.type, AUTOCAST_DTYPES[self.precision])
+        self.autocast = autocast_context(learn.device, self.precision)
         self.autocast.__enter__()
     def after_predict(self, learn):  # the loss is computed in fp32, outside autocast
         self.autocast.__exit__(None, None, None)
@@ -320,6 +312,22 @@ class MixedPrecisionCB(Callback):
         learn.scaler.step(learn.opt)
         learn.scaler.update()
         learn.skipped_steps += int(learn.scaler.get_scale() < scale)  # the scaler backs off exactly when it skipped
+
+# %% ../nbs/06_learner.ipynb #a8041b63
+def choose_training_precision(learn: Learner, requested: str) -> PrecisionChoice:
+    "The precision to train `learn` in: `choose_precision`, probed with one real step of its model."
+    net = getattr(learn.model, "module", learn.model)
+    first = []
+    def step(precision: str):
+        if not first:
+            with torch.random.fork_rng(devices=[]): first.append(_as_device(next(iter(learn.train_dl)), learn.device))
+        with autocast_context(learn.device, precision): preds = net(first[0])
+        refiner_loss(preds, first[0], learn.loss_config, net.config.quality_weight).total.backward()
+        net.zero_grad(set_to_none=True)
+    probe_id = f"{json.dumps(asdict(net.config), sort_keys=True)}, {learn.train_dl.batch_size} images"
+    choice = [choose_precision(requested, learn.device, step, "a refiner training step", probe_id) if _world()[0] == 0 else None]
+    if _world()[1] > 1: torch.distributed.broadcast_object_list(choice, src=0)
+    return choice[0]
 
 # %% ../nbs/06_learner.ipynb #20af0143
 class GradClipCB(Callback):
@@ -395,7 +403,7 @@ class MetricsCB(Callback):
         row = {**(getattr(self, "train", None) or {"epoch": learn.epoch}), "val_loss": means["total"], "val_l1": means["l1"], "val_giou": means["giou"],
                "val_quality": means["quality"], "val_mean_iou": iou.mean().item(), "val_iou_ge_0.75": (iou >= 0.75).float().mean().item(),
                "val_iou_ge_0.9": (iou >= 0.9).float().mean().item(), "noisy_mean_iou": noisy.mean().item(), "val_boxes": len(iou),
-               "skipped_steps": learn.skipped_steps, "step": learn.step_count, "seconds": time.perf_counter() - getattr(self, "fit_start", self.start)}
+               "skipped_steps": learn.skipped_steps, "step": learn.step_count, "precision": getattr(learn, "precision", None), "seconds": time.perf_counter() - getattr(self, "fit_start", self.start)}
         if getattr(learn, "cache", None) is not None: row["cache_hit_rate"] = learn.cache.stats.hit_rate
         self.train = {}
         learn.history.append(row)
@@ -421,27 +429,35 @@ def plot_curves(
     for a in ax: a.set_xlabel("epoch"); a.legend(fontsize=8)
     return ax[0].figure
 
+def epoch_line(h: dict, n_epochs: int) -> str:
+    "One history row as one line of text."
+    cache = f", cache hits {h['cache_hit_rate']:.0%}" if "cache_hit_rate" in h else ""
+    return (f"epoch {h['epoch'] + 1}/{n_epochs}: train loss {h.get('train_loss', math.nan):.4f}, val loss {h['val_loss']:.4f}, "
+            f"val mean IoU {h['val_mean_iou']:.4f} (noisy {h['noisy_mean_iou']:.4f}){cache}, {h['seconds']:.0f} s")
+
 class ProgressCB(Callback):
-    "fastprogress bars: loss per step, validation mean IoU and cache hit rate per epoch."
+    "fastprogress bars (loss per step) in a notebook or terminal, else one plain line per epoch."
     order = 30
     def before_fit(self, learn):
+        self.mbar = None
+        if not live_progress(): return
         from fastprogress.fastprogress import master_bar
         self.mbar = master_bar(range(learn.start_epoch, learn.n_epochs))
         self.mbar.update(0)
     def before_epoch(self, learn):
         from fastprogress.fastprogress import progress_bar
-        learn.dl = progress_bar(learn.dl, parent=self.mbar, leave=False)
+        if self.mbar is not None: learn.dl = progress_bar(learn.dl, parent=self.mbar, leave=False)
     def after_batch(self, learn):
-        if learn.training: learn.dl.comment = f"loss {learn.step_losses[-1]:.3f}"  # MetricsCB has read it already
+        if learn.training and self.mbar is not None:
+            learn.dl.comment = f"loss {learn.step_losses[-1]:.3f}"  # MetricsCB has read it already
     def after_epoch(self, learn):
         if learn.training or not learn.history: return
-        h = learn.history[-1]
-        cache = f", cache hits {h['cache_hit_rate']:.0%}" if "cache_hit_rate" in h else ""
-        self.mbar.write(f"epoch {h['epoch'] + 1}/{learn.n_epochs}: train loss {h.get('train_loss', math.nan):.4f}, val loss {h['val_loss']:.4f}, "
-                        f"val mean IoU {h['val_mean_iou']:.4f} (noisy {h['noisy_mean_iou']:.4f}){cache}, {h['seconds']:.0f} s")
-        self.mbar.update(h["epoch"] + 1 - learn.start_epoch)
+        line = epoch_line(learn.history[-1], learn.n_epochs)
+        if self.mbar is None: return print(line, flush=True)
+        self.mbar.write(line)
+        self.mbar.update(learn.history[-1]["epoch"] + 1 - learn.start_epoch)
     def cleanup_fit(self, learn):
-        if self.mbar.main_bar.last_v is not None: self.mbar.on_iter_end()  # stopped early: close the bars
+        if self.mbar is not None and self.mbar.main_bar.last_v is not None: self.mbar.on_iter_end()  # stopped early
 
 class LogCB(Callback):
     "Append each epoch's metrics to `metrics.jsonl` and redraw `curves.png` in the run folder."
@@ -572,15 +588,15 @@ def split_records(records: list, data: DataConfig) -> tuple:
     return [r for r in records if r.id not in val_ids], [r for r in records if r.id in val_ids]
 
 # %% ../nbs/06_learner.ipynb #0e9d8d22
-def core_callbacks(config: TrainConfig, device) -> list:
-    "What training and evaluation share: device placement, metrics, and the autocast precision."
-    precision = resolve_precision(config.precision, torch.device(device))
+def core_callbacks(precision: str, device) -> list:
+    "What training and evaluation share: device placement, metrics, and autocast in `precision` (bf16, fp16, fp32)."
     return [DeviceCB(device), MetricsCB()] + ([MixedPrecisionCB(precision)] if precision != "fp32" else [])
 
-def build_callbacks(config: Config, run_dir, extra_state: dict, device, progress: bool = True, rank: int = 0) -> list:
+def build_callbacks(config: Config, run_dir, extra_state: dict, device, precision: str, progress: bool = True,
+                    rank: int = 0) -> list:
     "The standard callbacks of a training run; only rank 0 logs, saves and shows progress."
     tc = config.training
-    cbs = core_callbacks(tc, device) + [SchedulerCB(tc)]
+    cbs = core_callbacks(precision, device) + [SchedulerCB(tc)]
     if tc.grad_clip: cbs.append(GradClipCB(tc.grad_clip))
     if rank == 0:
         if run_dir is not None: cbs += [LogCB(run_dir), CheckpointCB(run_dir, extra_state, config)]
@@ -638,8 +654,11 @@ def train_refiner(
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     learn = Learner(model, make_loader(train_records, config.data.train_noise_config(), config.data, True, features),
                     make_loader(val_records, config.data.val_noise_config(), config.data, False, features), config.training, config.loss)
-    learn.cbs = build_callbacks(config, run_dir, refiner.extra_state(), device, progress, rank) + list(cbs)
     learn.refiner, learn.cache, learn.run_config, learn.device = refiner, cache, config, device
+    choice = choose_training_precision(learn, config.training.precision)
+    if rank == 0: print(f"training precision: {choice}")
+    learn.precision = choice.precision
+    learn.cbs = build_callbacks(config, run_dir, refiner.extra_state(), device, choice.precision, progress, rank) + list(cbs)
     if resume: load_checkpoint(learn, run_dir / "last.pt")
     learn.fit()
     net.eval()
@@ -654,11 +673,12 @@ def validate_checkpoint(
     "The validation metrics of a checkpoint, computed by this process alone."
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file
     config = from_dict(Config, ckpt["config"])
+    device = resolve_device(config.training.device)
     net = BoxRefinerNet(config.model, ckpt["extra_state"]["interm_channels"])
     net.load_state_dict(ckpt["model"])
     features = partial(record_inputs, cache=cache, use_sam=config.model.sam != "off")
     learn = Learner(net, None, make_loader(val_records, config.data.val_noise_config(), config.data, False, features), config.training, config.loss,
-                    core_callbacks(config.training, resolve_device(config.training.device)))
+                    core_callbacks(choose_precision(config.training.precision, device).precision, device))
     learn.fit(1, train=False)
     return learn.history[-1]
 

@@ -95,11 +95,11 @@ def test_checkpoints_load_safely_and_refuse_mismatches(sam, tmp_path, image_path
 
 
 def test_fingerprint_changes_with_every_setting():
-    base = EncoderConfig()
+    base = EncoderConfig(autocast="bf16")
     prints = {encoder_fingerprint(c, "tensors:abc") for c in [base, EncoderConfig(autocast="fp32"), EncoderConfig(storage_dtype="bf16"), EncoderConfig(model_type="vit_b")]}
     prints.add(encoder_fingerprint(base, "tensors:abd"))
     assert len(prints) == 5
-    assert encoder_fingerprint(base, "tensors:abc") == encoder_fingerprint(EncoderConfig(batch_size=7, device="cpu"), "tensors:abc")  # not feature-changing
+    assert encoder_fingerprint(base, "tensors:abc") == encoder_fingerprint(EncoderConfig(autocast="bf16", batch_size=7, device="cpu"), "tensors:abc")  # not feature-changing
     assert quiet(Encoder).fingerprint == quiet(Encoder).fingerprint
 
 
@@ -113,3 +113,11 @@ def test_encode_batches_and_box_masks(image_path):
     assert all(f["image_embedding"].dtype == torch.float32 and not f["image_embedding"].is_inference() for f in feats)
     logits, iou = box_masks(encoder.sam, feats[1], torch.tensor([[10.0, 10, 100, 120], [0, 0, 200, 300]]))
     assert logits.shape == (2, 300, 200) and iou.shape == (2,) and torch.isfinite(logits).all()
+
+
+def test_auto_precision_is_resolved_into_the_fingerprint():
+    "auto becomes this machine's choice: the same fingerprint as asking for that precision, never the word auto."
+    from boxrefine.machine import choose_precision
+    auto = quiet(Encoder)
+    assert auto.config.autocast == choose_precision("auto", "cpu").precision
+    assert auto.fingerprint == quiet(Encoder, EncoderConfig(autocast=auto.config.autocast)).fingerprint
