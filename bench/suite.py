@@ -9,8 +9,6 @@ measured within one run, interleaved where it matters, because these machines ar
 """
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -83,14 +81,44 @@ def bench_cache(records, n: int = 32) -> dict:
             "encoder_calls_warm": encoder.calls - calls, "load_ratio": ours / plain, "load_mib_s": ours, "plain_mib_s": plain}
 
 
-TRAIN_CONFIGS = {
-    "crop (default), bf16": ["model.sam=off"],
-    "crop, fp32 (AMP off)": ["model.sam=off", "training.precision=fp32"],
-    "SAM embedding, bf16": ["model.crop=false", "model.sam=embedding"],
-    "SAM embedding + interm, bf16": ["model.crop=false", "model.sam=embedding+interm"],
-    "SAM embedding + interm, fp32": ["model.crop=false", "model.sam=embedding+interm", "training.precision=fp32"],
-    "crop + SAM embedding + interm, bf16": ["model.sam=embedding+interm"],
+TRAIN_CONFIGS = {  # precision auto throughout: bench_precision compares bf16 and fp32
+    "crop (default)": ["model.sam=off"],
+    "SAM embedding": ["model.crop=false", "model.sam=embedding"],
+    "SAM embedding + interm": ["model.crop=false", "model.sam=embedding+interm"],
+    "crop + SAM embedding + interm": ["model.sam=embedding+interm"],
 }
+
+
+def bench_precision(records, steps: int = 6) -> dict:
+    "Training step and encoder seconds in bf16 and fp32 side by side, what auto chose, and chosen / fastest."
+    from boxrefine.learner import Callback, CancelFitException, load_config, train_refiner
+    from boxrefine.machine import SlowPrecisionWarning, choose_precision, time_call
+    from boxrefine.data import read_image
+    train = [r for r in records if r.split == "train"][: 8 * steps]
+    class StepTimer(Callback):
+        def before_fit(self, learn): self.times = []
+        def before_batch(self, learn): self.start = time.perf_counter()
+        def after_step(self, learn): self.times.append(time.perf_counter() - self.start)
+        def after_epoch(self, learn):
+            if learn.training: raise CancelFitException()
+    def step_seconds(precision):
+        timer = StepTimer()
+        config = load_config(overrides=["model.sam=off", "training.epochs=1", "data.batch_size=8", f"training.precision={precision}"])
+        learn = train_refiner(config, train, train[:1], progress=False, cbs=[timer], random_weights=True)
+        return sorted(timer.times[1:])[len(timer.times[1:]) // 2], learn.precision
+    image = read_image(records[0].path)
+    def encoder_seconds(precision):
+        encoder = quiet_encoder(autocast=precision, batch_size=1)
+        return time_call(lambda: encoder.encode([image]), repeats=1), encoder.config.autocast
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlowPrecisionWarning)  # bf16 asked for on purpose, even where it is slow
+        for name, measure in (("training step (8 images)", step_seconds), ("encoder (1 image)", encoder_seconds)):
+            seconds = {p: measure(p)[0] for p in ("bf16", "fp32")}
+            auto_s, chosen = measure("auto")
+            out[name] = {**seconds, "auto": auto_s, "chosen": chosen, "chosen_over_fastest": min(seconds.values()) / seconds[chosen]}
+            print(json.dumps({name: out[name]}), flush=True)
+    return out
 
 
 def one_training(name: str, bccd_dir: Path, cache_dir: str, steps: int = 12) -> dict:
@@ -168,14 +196,20 @@ def bench_monitor(records, epochs: int = 3) -> dict:
 
 
 def machine() -> str:
+    from boxrefine.machine import cpu_description
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {gpu}; torch {torch.__version__}"
+    return f"{cpu_description()}, {torch.get_num_threads()} torch threads, {gpu}; torch {torch.__version__}"
 
 
 def report(r: dict) -> str:
     e, c, t, s = r["encoder"], r["cache"], r["training"], r["scaling"]
     lines = [f"Measured by `python bench/suite.py` on {r['machine']}, {r['date']}; HQ-SAM `vit_tiny` with deterministic random",
-             "weights (speed does not depend on the weights), bf16 autocast, fp16 cache entries, real BCCD images.", "",
+             "weights (speed does not depend on the weights), precision `auto` unless a row names one, fp16 cache entries,",
+             "real BCCD images. Figures from one CPU kind say nothing about another: bf16 is fast only where it is native.", "",
+             "| precision | bf16 s | fp32 s | auto chose | auto s | chosen / fastest | goal |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {p['bf16']:.3f} | {p['fp32']:.3f} | {p['chosen']} | {p['auto']:.3f} | {p['chosen_over_fastest']:.2f} | >= 0.95 |"
+              for name, p in r["precision"].items()]
+    lines += ["",
              "| encoder and cache | measured | goal |", "|---|---|---|",
              f"| raw HQ-SAM encoder forward | {e['raw_images_per_s']:.2f} images/s | - |",
              f"| our path: decode, preprocess, encode, write entry | {e['ours_images_per_s']:.2f} images/s ({e['ratio']:.2f}x the raw forward) | >= 0.9x |",
@@ -216,6 +250,7 @@ def main():
     start = time.perf_counter()
     records = bccd(args.bccd)
     r = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    r["precision"] = bench_precision(records)
     r["encoder"] = bench_encoder(records); print(json.dumps(r["encoder"]), flush=True)
     r["cache"] = bench_cache(records); print(json.dumps(r["cache"]), flush=True)
     r["training"] = bench_training(records, args.bccd); print(json.dumps(r["training"]), flush=True)

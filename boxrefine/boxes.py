@@ -13,9 +13,9 @@ from torch import Tensor
 from torchvision.ops import box_convert, box_iou as _tv_box_iou, generalized_box_iou as _tv_generalized_box_iou
 
 # %% auto #0
-__all__ = ['BOX_FORMATS', 'BoxError', 'check_boxes', 'check_box_pair', 'convert_boxes', 'normalize_boxes', 'denormalize_boxes',
-           'clip_boxes', 'box_area', 'elementwise_iou', 'elementwise_giou', 'box_iou', 'generalized_box_iou',
-           'noise_draws', 'jitter_boxes', 'noisy_boxes']
+__all__ = ['BOX_FORMATS', 'ERROR_KINDS', 'BoxError', 'check_boxes', 'check_box_pair', 'convert_boxes', 'normalize_boxes',
+           'denormalize_boxes', 'clip_boxes', 'box_area', 'elementwise_iou', 'elementwise_giou', 'box_iou',
+           'generalized_box_iou', 'noise_draws', 'jitter_boxes', 'noisy_boxes', 'error_boxes']
 
 # %% ../nbs/00_boxes.ipynb #48a408fb
 class BoxError(ValueError):
@@ -191,18 +191,23 @@ def _widen(lo: Tensor, hi: Tensor, limit: Tensor, min_size: float) -> tuple:
 def jitter_boxes(
     boxes: Tensor,  # True xyxy boxes in pixels, (N, 4)
     draws: Tensor,  # Uniforms in [-1, 1), (N, 4), from `noise_draws`
-    r: float,  # Noise level in [0, 1)
+    r,  # Noise level in [0, 1), or one level per box (N,)
     image_hw,  # (height, width), or (N, 2) per box
     min_size: float = 1.0,  # Smallest width and height of a result, in pixels
 ) -> Tensor:  # Noisy xyxy boxes, clipped to the image
     "Apply the OA-MIL noise model to `boxes` with given draws."
-    if not 0 <= r < 1: raise ValueError(f"noise level r must be in [0, 1), got {r}")
+    r = torch.as_tensor(r, dtype=boxes.dtype)
+    if ((r < 0) | (r >= 1)).any(): raise ValueError(f"noise level r must be in [0, 1), got {r.tolist()}")
     check_boxes(boxes)
     if draws.shape != boxes.shape: raise ValueError(f"draws must have the shape of boxes {tuple(boxes.shape)}, got {tuple(draws.shape)}")
     cx, cy, w, h = box_convert(boxes, "xyxy", "cxcywh").unbind(1)
     d = draws.to(boxes)
     noisy = torch.stack([cx + w * r * d[:, 0], cy + h * r * d[:, 1], w * (1 + r * d[:, 2]), h * (1 + r * d[:, 3])], 1)
-    x1, y1, x2, y2 = clip_boxes(box_convert(noisy, "cxcywh", "xyxy"), image_hw).unbind(1)
+    return _inside_image(box_convert(noisy, "cxcywh", "xyxy"), boxes, image_hw, min_size)
+
+def _inside_image(noisy: Tensor, boxes: Tensor, image_hw, min_size: float) -> Tensor:
+    "Noisy xyxy boxes clipped to the image and widened to at least `min_size`."
+    x1, y1, x2, y2 = clip_boxes(noisy, image_hw).unbind(1)
     scale = _image_scale(image_hw, boxes).expand_as(boxes)
     x1, x2 = _widen(x1, x2, scale[:, 0], min_size)
     y1, y2 = _widen(y1, y2, scale[:, 1], min_size)
@@ -219,3 +224,41 @@ def noisy_boxes(
 ) -> Tensor:  # Noisy xyxy boxes, clipped to the image
     "The noise model: boxes jittered OA-MIL style, reproducible per (seed, image, box, epoch)."
     return jitter_boxes(boxes, noise_draws(len(boxes), seed, image_id, epoch), r, image_hw, min_size)
+
+# %% ../nbs/00_boxes.ipynb #c0aea749
+ERROR_KINDS = ("jitter", "clean", "larger", "smaller", "shift", "edge")
+
+def _edge_offsets(kind: str, d: Tensor, r: Tensor) -> Tensor:
+    "How far each edge (x1, y1, x2, y2) moves, as a fraction of the true box's width or height."
+    m = r * (1 + d.abs()) / 2  # a magnitude in [r/2, r]
+    zero = torch.zeros_like(d[:, 0])
+    if kind == "clean": return torch.zeros_like(d)
+    if kind == "larger": return torch.stack([-m[:, 2] / 2, -m[:, 3] / 2, m[:, 2] / 2, m[:, 3] / 2], 1)
+    if kind == "smaller":
+        s = (1 - 1 / (1 + m[:, 2:])) / 2
+        return torch.stack([s[:, 0], s[:, 1], -s[:, 0], -s[:, 1]], 1)
+    if kind == "shift":
+        t = r[:, :2] * d[:, :2]
+        return torch.cat([t, t], 1)
+    if kind == "edge":
+        which = ((d[:, 0] + 1) * 2).long().clamp(0, 3)  # x1, y1, x2 or y2
+        signed = torch.where(d[:, 1] < 0, -m[:, 2], m[:, 2])
+        return torch.stack([torch.where(which == i, signed, zero) for i in range(4)], 1)
+    raise ValueError(f"box error kind must be one of {ERROR_KINDS}, got {kind!r}")
+
+def error_boxes(
+    boxes: Tensor,  # True xyxy boxes in pixels, (N, 4)
+    kind: str,  # One of `ERROR_KINDS`
+    draws: Tensor,  # Uniforms in [-1, 1), (N, 4), from `noise_draws`
+    r,  # Noise level in [0, 1), or one level per box (N,)
+    image_hw,  # (height, width), or (N, 2) per box
+    min_size: float = 1.0,  # Smallest width and height of a result, in pixels
+) -> Tensor:  # Boxes with that kind of error, clipped to the image
+    "True boxes made wrong in one systematic way (or jittered, for `jitter`)."
+    if kind == "jitter": return jitter_boxes(boxes, draws, r, image_hw, min_size)
+    check_boxes(boxes)
+    r = torch.as_tensor(r, dtype=boxes.dtype).expand(len(boxes))[:, None]
+    if ((r < 0) | (r >= 1)).any(): raise ValueError(f"noise level r must be in [0, 1), got {r[:, 0].tolist()}")
+    d = draws.to(boxes)
+    wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+    return _inside_image(boxes + _edge_offsets(kind, d, r) * wh, boxes, image_hw, min_size)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .boxes import BoxError, convert_boxes, elementwise_iou, noisy_boxes
+from .boxes import ERROR_KINDS, BoxError, convert_boxes, elementwise_iou, noisy_boxes
 from .cache import FeatureCache
 from .data import CocoError, ImageReadError, NoiseConfig, load_coco, load_sample, read_image
 from .encoder import CheckpointError, DTYPES, MODEL_TYPES, Encoder, EncoderConfig
@@ -173,10 +173,11 @@ def eval_command(args) -> dict:
     if args.json and args.json.resolve() == args.ann.resolve(): raise UsageError(f"--json {args.json} would overwrite the input annotations")
     if args.json and args.json.exists() and not args.overwrite: raise UsageError(f"{args.json} exists: choose another --json, or pass --overwrite")
     if not 0 <= args.noise < 1: raise UsageError(f"--noise must be in [0, 1), got {args.noise}")
+    try: noise = NoiseConfig(r=args.noise, seed=args.seed, errors=args.errors)
+    except ValueError as e: raise UsageError(f"--errors: {e}") from None
     records = records_from(args)
-    noise = NoiseConfig(r=args.noise, seed=args.seed)
     methods = {"noisy": noisy_baseline(records, noise)}
-    result = {"n_images": len(records), "n_boxes": sum(len(r.boxes) for r in records), "noise": args.noise, "seed": args.seed,
+    result = {"n_images": len(records), "n_boxes": sum(len(r.boxes) for r in records), "noise": args.noise, "errors": args.errors, "seed": args.seed,
               "split": args.split, "methods": methods}
     if not args.no_sam:
         cache = FeatureCache(encoder_from(args), args.cache_dir)
@@ -362,6 +363,8 @@ def parser() -> argparse.ArgumentParser:
     add_dataset_options(e, split="test")
     e.add_argument("--noise", type=float, default=0.2, help="noise level r of the input boxes (default: 0.2)")
     e.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    e.add_argument("--errors", default="jitter", help=f"kind of box error at level --noise: one of {', '.join(ERROR_KINDS)}, "
+                   "or a mix such as 'jitter:4 clean:1 larger:1' (default: jitter)")
     e.add_argument("--run", type=Path, default=None, help="also score the refiner of this run folder")
     e.add_argument("--no-sam", action="store_true", help="skip the HQ-SAM zero-shot baseline")
     e.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")

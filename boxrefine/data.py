@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .boxes import _stable_int, jitter_boxes, noise_draws, noisy_boxes
+from .boxes import ERROR_KINDS, _stable_int, error_boxes, noise_draws
 
 # %% auto #0
 __all__ = ['DROP_REASONS', 'SamplePaths', 'sample_paths', 'ImageReadError', 'read_image', 'LoadConfig', 'ImageBoxes', 'CocoError',
@@ -309,10 +309,29 @@ class NoiseConfig:
     seed: int = 0  # The experiment's seed
     min_size: float = 1.0  # Smallest width and height of a noisy box, in pixels
     r_min: float | None = None  # If set, each box gets its own level, uniform in [r_min, r] (training on a range of noise)
+    errors: str = "jitter"  # A kind of `ERROR_KINDS`, or a weighted mix such as "jitter:4 clean:1 larger:1 edge:1"
 
     def __post_init__(self):
         if not 0 <= self.r < 1: raise ValueError(f"noise level r must be in [0, 1), got {self.r}")
         if self.r_min is not None and not 0 <= self.r_min <= self.r: raise ValueError(f"noise r_min must be in [0, r={self.r}], got {self.r_min}")
+        self.error_weights()  # refuse a mix that cannot work now, not in the middle of training
+
+    def error_weights(self) -> np.ndarray:
+        "The share of each of `ERROR_KINDS` in `errors`."
+        weights = np.zeros(len(ERROR_KINDS))
+        for item in self.errors.split():
+            kind, _, weight = item.partition(":")
+            if kind not in ERROR_KINDS: raise ValueError(f"noise errors: unknown kind {kind!r} (known: {', '.join(ERROR_KINDS)})")
+            try: weights[ERROR_KINDS.index(kind)] += float(weight or 1)
+            except ValueError: raise ValueError(f"noise errors: weight of {kind} must be a number, got {weight!r}") from None
+        if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
+            raise ValueError(f"noise errors must name at least one kind with a weight > 0, got {self.errors!r}")
+        return weights / weights.sum()
+
+    def kinds(self, record: ImageBoxes, epoch: int = 0) -> np.ndarray:
+        "Each box's kind of error, as an index into `ERROR_KINDS`, drawn by (seed, image, epoch)."
+        rng = np.random.default_rng([_stable_int(self.seed), _stable_int(record.id), _stable_int(epoch), _stable_int("kind")])
+        return rng.choice(len(ERROR_KINDS), size=len(record.boxes), p=self.error_weights())
 
     def levels(self, record: ImageBoxes, epoch: int = 0) -> Tensor:
         "Each box's noise level: `r`, or drawn in [r_min, r] by (seed, image, epoch)."
@@ -327,9 +346,12 @@ class NoiseConfig:
         epoch: int = 0,  # The epoch: a new one gives new noise
     ) -> Tensor:  # (N, 4) float32 noisy xyxy boxes
         "The noisy boxes of one image at one epoch."
-        if self.r_min is None: return noisy_boxes(record.boxes, record.image_hw, self.r, self.seed, record.id, epoch, self.min_size)
-        draws = noise_draws(len(record.boxes), self.seed, record.id, epoch) * (self.levels(record, epoch) / max(self.r, 1e-12))[:, None]
-        return jitter_boxes(record.boxes, draws, self.r, record.image_hw, self.min_size)
+        draws, levels = noise_draws(len(record.boxes), self.seed, record.id, epoch), self.levels(record, epoch)
+        kinds, out = self.kinds(record, epoch), record.boxes.clone()
+        for k in np.unique(kinds):
+            sel = torch.from_numpy(kinds == k)
+            out[sel] = error_boxes(record.boxes[sel], ERROR_KINDS[k], draws[sel], levels[sel], record.image_hw, self.min_size)
+        return out
 
 # %% ../nbs/04_data.ipynb #1cadedd8
 class NoisyBoxDataset(Dataset):

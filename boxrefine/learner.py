@@ -47,6 +47,7 @@ class DataConfig:
     "How batches are made: noise, split, batch size."
     noise: float = 0.2  # Noise level r of the validation boxes
     train_noise: tuple = (0.0, 0.3)  # Training boxes get a level drawn per box in this range, fresh each epoch
+    train_errors: str = "jitter"  # Kinds of error of the training boxes: a kind, or a mix "jitter:4 clean:1 larger:1 ..."
     seed: int = 0  # Seed of the noise, the split and the data order
     val_fraction: float = 0.2  # Share of images for validation when the data has no train/val split field
     batch_size: int = 8  # Images per step
@@ -60,8 +61,10 @@ class DataConfig:
         if not 0 < self.val_fraction < 1: raise ValueError(f"data val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.batch_size < 1: raise ValueError(f"data batch_size must be >= 1, got {self.batch_size}")
         if self.max_boxes is not None and self.max_boxes < 1: raise ValueError(f"data max_boxes must be >= 1 or null, got {self.max_boxes}")
+        self.train_noise_config()  # checks train_errors
 
-    def train_noise_config(self) -> NoiseConfig: return NoiseConfig(r=self.train_noise[1], seed=self.seed, r_min=self.train_noise[0])
+    def train_noise_config(self) -> NoiseConfig:
+        return NoiseConfig(r=self.train_noise[1], seed=self.seed, r_min=self.train_noise[0], errors=self.train_errors)
     def val_noise_config(self) -> NoiseConfig: return NoiseConfig(r=self.noise, seed=self.seed)
 
 SCHEDULES = ("cosine", "constant")
@@ -313,7 +316,7 @@ class MixedPrecisionCB(Callback):
         learn.scaler.update()
         learn.skipped_steps += int(learn.scaler.get_scale() < scale)  # the scaler backs off exactly when it skipped
 
-# %% ../nbs/06_learner.ipynb #a8041b63
+# %% ../nbs/06_learner.ipynb #733f578c
 def choose_training_precision(learn: Learner, requested: str) -> PrecisionChoice:
     "The precision to train `learn` in: `choose_precision`, probed with one real step of its model."
     net = getattr(learn.model, "module", learn.model)

@@ -108,3 +108,19 @@ def test_eval_and_demo_never_overwrite_what_they_did_not_make(tmp_path):
     (tmp_path / "demo" / "run" / "mine.txt").write_text("keep me")
     demo = run("demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
     assert demo.returncode == 2 and "is not a demo run" in demo.stderr and (tmp_path / "demo" / "run" / "mine.txt").exists()
+
+
+def test_eval_scores_systematic_errors_and_refuses_unknown_kinds(tmp_path):
+    "--errors measures one kind of box error; clean input has mean IoU 1; an unknown kind is one line."
+    ious = {}
+    for kind in ("clean", "larger", "edge"):
+        out = tmp_path / f"{kind}.json"
+        done = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--errors", kind, "--json", str(out))
+        assert done.returncode == 0, done.stderr
+        result = json.loads(out.read_text())
+        assert result["errors"] == kind
+        ious[kind] = result["methods"]["noisy"]["mean_iou"]
+    assert ious["clean"] > 0.999 and 0.6 < ious["larger"] < 0.95 and 0.75 < ious["edge"] < 0.97
+    bad = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--errors", "jitter:1 rotated:1")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "unknown kind 'rotated'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
