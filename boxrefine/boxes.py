@@ -225,7 +225,7 @@ def noisy_boxes(
     "The noise model: boxes jittered OA-MIL style, reproducible per (seed, image, box, epoch)."
     return jitter_boxes(boxes, noise_draws(len(boxes), seed, image_id, epoch), r, image_hw, min_size)
 
-# %% ../nbs/00_boxes.ipynb #c0aea749
+# %% ../nbs/00_boxes.ipynb #5f2f12b9
 ERROR_KINDS = ("jitter", "clean", "larger", "smaller", "shift", "edge")
 
 def _edge_offsets(kind: str, d: Tensor, r: Tensor) -> Tensor:

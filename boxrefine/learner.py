@@ -316,7 +316,7 @@ class MixedPrecisionCB(Callback):
         learn.scaler.update()
         learn.skipped_steps += int(learn.scaler.get_scale() < scale)  # the scaler backs off exactly when it skipped
 
-# %% ../nbs/06_learner.ipynb #733f578c
+# %% ../nbs/06_learner.ipynb #7fae1e1c
 def choose_training_precision(learn: Learner, requested: str) -> PrecisionChoice:
     "The precision to train `learn` in: `choose_precision`, probed with one real step of its model."
     net = getattr(learn.model, "module", learn.model)
