@@ -89,20 +89,26 @@ TRAIN_CONFIGS = {  # precision auto throughout: bench_precision compares bf16 an
 }
 
 
-def bench_precision(records, steps: int = 6) -> dict:
-    "Training step and encoder seconds in bf16 and fp32 side by side, what auto chose, and chosen / fastest."
-    from boxrefine.learner import Callback, CancelFitException, load_config, train_refiner
-    from boxrefine.machine import SlowPrecisionWarning, choose_precision, time_call
-    from boxrefine.data import read_image
-    train = [r for r in records if r.split == "train"][: 8 * steps]
+def step_timer():
+    "A callback that times each training step and ends the fit after the first training epoch."
+    from boxrefine.learner import Callback, CancelFitException
     class StepTimer(Callback):
         def before_fit(self, learn): self.times = []
         def before_batch(self, learn): self.start = time.perf_counter()
         def after_step(self, learn): self.times.append(time.perf_counter() - self.start)
         def after_epoch(self, learn):
             if learn.training: raise CancelFitException()
+    return StepTimer()
+
+
+def bench_precision(records, steps: int = 6) -> dict:
+    "Training step and encoder seconds in bf16 and fp32 side by side, what auto chose, and chosen / fastest."
+    from boxrefine.learner import load_config, train_refiner
+    from boxrefine.machine import SlowPrecisionWarning, choose_precision, time_call
+    from boxrefine.data import read_image
+    train = [r for r in records if r.split == "train"][: 8 * steps]
     def step_seconds(precision):
-        timer = StepTimer()
+        timer = step_timer()
         config = load_config(overrides=["model.sam=off", "training.epochs=1", "data.batch_size=8", f"training.precision={precision}"])
         learn = train_refiner(config, train, train[:1], progress=False, cbs=[timer], random_weights=True)
         return sorted(timer.times[1:])[len(timer.times[1:]) // 2], learn.precision
@@ -124,17 +130,11 @@ def bench_precision(records, steps: int = 6) -> dict:
 def one_training(name: str, bccd_dir: Path, cache_dir: str, steps: int = 12) -> dict:
     "In this (fresh) process: seconds per training step of 8 images from a warm cache, and the peak RSS."
     from boxrefine.cache import FeatureCache
-    from boxrefine.learner import Callback, CancelFitException, load_config, train_refiner
+    from boxrefine.learner import load_config, train_refiner
     records = [r for r in bccd(bccd_dir) if r.split == "train"][: 8 * steps]
     config = load_config(overrides=TRAIN_CONFIGS[name] + ["training.epochs=1", "data.batch_size=8"])
     cache = FeatureCache(quiet_encoder(), cache_dir) if config.model.sam != "off" else None
-    class StepTimer(Callback):
-        def before_fit(self, learn): self.times = []
-        def before_batch(self, learn): self.start = time.perf_counter()
-        def after_step(self, learn): self.times.append(time.perf_counter() - self.start)
-        def after_epoch(self, learn):
-            if learn.training: raise CancelFitException()
-    timer = StepTimer()
+    timer = step_timer()
     calls = cache.encoder.calls if cache else 0
     train_refiner(config, records, records[:1], cache=cache, progress=False, cbs=[timer], random_weights=True)
     assert cache is None or cache.encoder.calls == calls, "a warm-cache step called the encoder"
