@@ -188,6 +188,12 @@ def _widen(lo: Tensor, hi: Tensor, limit: Tensor, min_size: float) -> tuple:
     start = torch.minimum(start, (limit - min_size).clamp(min=0))
     return torch.where(thin, start, lo), torch.where(thin, torch.minimum(start + min_size, limit), hi)
 
+def _noise_levels(r, boxes: Tensor) -> Tensor:
+    "`r` (one level, or one per box) as a tensor of the boxes' dtype, refused outside [0, 1)."
+    r = torch.as_tensor(r, dtype=boxes.dtype)
+    if ((r < 0) | (r >= 1)).any(): raise ValueError(f"noise level r must be in [0, 1), got {r.tolist()}")
+    return r
+
 def jitter_boxes(
     boxes: Tensor,  # True xyxy boxes in pixels, (N, 4)
     draws: Tensor,  # Uniforms in [-1, 1), (N, 4), from `noise_draws`
@@ -196,8 +202,7 @@ def jitter_boxes(
     min_size: float = 1.0,  # Smallest width and height of a result, in pixels
 ) -> Tensor:  # Noisy xyxy boxes, clipped to the image
     "Apply the OA-MIL noise model to `boxes` with given draws."
-    r = torch.as_tensor(r, dtype=boxes.dtype)
-    if ((r < 0) | (r >= 1)).any(): raise ValueError(f"noise level r must be in [0, 1), got {r.tolist()}")
+    r = _noise_levels(r, boxes)
     check_boxes(boxes)
     if draws.shape != boxes.shape: raise ValueError(f"draws must have the shape of boxes {tuple(boxes.shape)}, got {tuple(draws.shape)}")
     cx, cy, w, h = box_convert(boxes, "xyxy", "cxcywh").unbind(1)
@@ -257,8 +262,6 @@ def error_boxes(
     "True boxes made wrong in one systematic way (or jittered, for `jitter`)."
     if kind == "jitter": return jitter_boxes(boxes, draws, r, image_hw, min_size)
     check_boxes(boxes)
-    r = torch.as_tensor(r, dtype=boxes.dtype).expand(len(boxes))[:, None]
-    if ((r < 0) | (r >= 1)).any(): raise ValueError(f"noise level r must be in [0, 1), got {r[:, 0].tolist()}")
-    d = draws.to(boxes)
+    r = _noise_levels(r, boxes).expand(len(boxes))[:, None]
     wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
-    return _inside_image(boxes + _edge_offsets(kind, d, r) * wh, boxes, image_hw, min_size)
+    return _inside_image(boxes + _edge_offsets(kind, draws.to(boxes), r) * wh, boxes, image_hw, min_size)

@@ -9,7 +9,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from collections import OrderedDict
@@ -21,7 +20,7 @@ import safetensors.torch
 import torch
 
 from .encoder import DTYPES, EMBEDDING_SHAPE, Encoder, load_rgb
-from .machine import live_progress
+from .machine import live_progress, user_cache_dir
 
 # %% auto #0
 __all__ = ['LAYOUT', 'ENTRY_SUFFIX', 'SAFETENSORS_DTYPES', 'default_cache_dir', 'pixel_digest', 'entry_key', 'CacheStats',
@@ -33,12 +32,9 @@ LAYOUT = "v1"
 ENTRY_SUFFIX = ".safetensors"
 
 def default_cache_dir() -> Path:
-    "The cache root: $BOXREFINE_CACHE, else the platform's user cache folder."
+    "The cache root: $BOXREFINE_CACHE, else `features` in boxrefine's user cache folder."
     if os.environ.get("BOXREFINE_CACHE"): return Path(os.environ["BOXREFINE_CACHE"]).expanduser()
-    if sys.platform == "darwin": base = Path.home() / "Library" / "Caches" / "boxrefine"
-    elif os.name == "nt": base = Path(os.environ.get("LOCALAPPDATA", Path.home())) / "boxrefine" / "Cache"
-    else: base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "boxrefine"
-    return base / "features"
+    return user_cache_dir() / "features"
 
 def pixel_digest(
     rgb: np.ndarray,  # (H, W, 3) uint8, from `load_rgb`

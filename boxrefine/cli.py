@@ -177,8 +177,8 @@ def eval_command(args) -> dict:
     except ValueError as e: raise UsageError(f"--errors: {e}") from None
     records = records_from(args)
     methods = {"noisy": noisy_baseline(records, noise)}
-    result = {"n_images": len(records), "n_boxes": sum(len(r.boxes) for r in records), "noise": args.noise, "errors": args.errors, "seed": args.seed,
-              "split": args.split, "methods": methods}
+    result = {"n_images": len(records), "n_boxes": sum(len(r.boxes) for r in records), "noise": args.noise,
+              "errors": args.errors, "seed": args.seed, "split": args.split, "methods": methods}
     if not args.no_sam:
         cache = FeatureCache(encoder_from(args), args.cache_dir)
         cache.warm([r.path for r in records])

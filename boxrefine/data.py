@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -314,10 +315,11 @@ class NoiseConfig:
     def __post_init__(self):
         if not 0 <= self.r < 1: raise ValueError(f"noise level r must be in [0, 1), got {self.r}")
         if self.r_min is not None and not 0 <= self.r_min <= self.r: raise ValueError(f"noise r_min must be in [0, r={self.r}], got {self.r_min}")
-        self.error_weights()  # refuse a mix that cannot work now, not in the middle of training
+        self.error_weights  # refuse a mix that cannot work now, not in the middle of training
 
+    @cached_property
     def error_weights(self) -> np.ndarray:
-        "The share of each of `ERROR_KINDS` in `errors`."
+        "The share of each of `ERROR_KINDS` in `errors` (read once)."
         weights = np.zeros(len(ERROR_KINDS))
         for item in self.errors.split():
             kind, _, weight = item.partition(":")
@@ -329,9 +331,10 @@ class NoiseConfig:
         return weights / weights.sum()
 
     def kinds(self, record: ImageBoxes, epoch: int = 0) -> np.ndarray:
-        "Each box's kind of error, as an index into `ERROR_KINDS`, drawn by (seed, image, epoch)."
+        "Each box's kind of error, as an index into `ERROR_KINDS`, drawn by (seed, image, epoch) for a mix."
+        if self.error_weights.max() == 1: return np.full(len(record.boxes), self.error_weights.argmax())  # one kind: no draw
         rng = np.random.default_rng([_stable_int(self.seed), _stable_int(record.id), _stable_int(epoch), _stable_int("kind")])
-        return rng.choice(len(ERROR_KINDS), size=len(record.boxes), p=self.error_weights())
+        return rng.choice(len(ERROR_KINDS), size=len(record.boxes), p=self.error_weights)
 
     def levels(self, record: ImageBoxes, epoch: int = 0) -> Tensor:
         "Each box's noise level: `r`, or drawn in [r_min, r] by (seed, image, epoch)."

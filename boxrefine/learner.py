@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -320,12 +321,12 @@ class MixedPrecisionCB(Callback):
 def choose_training_precision(learn: Learner, requested: str) -> PrecisionChoice:
     "The precision to train `learn` in: `choose_precision`, probed with one real step of its model."
     net = getattr(learn.model, "module", learn.model)
-    first = []
+    @functools.cache
+    def first_batch() -> dict:  # read only if a probe runs, without touching the random state
+        with torch.random.fork_rng(devices=[]): return _as_device(next(iter(learn.train_dl)), learn.device)
     def step(precision: str):
-        if not first:
-            with torch.random.fork_rng(devices=[]): first.append(_as_device(next(iter(learn.train_dl)), learn.device))
-        with autocast_context(learn.device, precision): preds = net(first[0])
-        refiner_loss(preds, first[0], learn.loss_config, net.config.quality_weight).total.backward()
+        with autocast_context(learn.device, precision): preds = net(first_batch())
+        refiner_loss(preds, first_batch(), learn.loss_config, net.config.quality_weight).total.backward()
         net.zero_grad(set_to_none=True)
     probe_id = f"{json.dumps(asdict(net.config), sort_keys=True)}, {learn.train_dl.batch_size} images"
     choice = [choose_precision(requested, learn.device, step, "a refiner training step", probe_id) if _world()[0] == 0 else None]
@@ -406,7 +407,8 @@ class MetricsCB(Callback):
         row = {**(getattr(self, "train", None) or {"epoch": learn.epoch}), "val_loss": means["total"], "val_l1": means["l1"], "val_giou": means["giou"],
                "val_quality": means["quality"], "val_mean_iou": iou.mean().item(), "val_iou_ge_0.75": (iou >= 0.75).float().mean().item(),
                "val_iou_ge_0.9": (iou >= 0.9).float().mean().item(), "noisy_mean_iou": noisy.mean().item(), "val_boxes": len(iou),
-               "skipped_steps": learn.skipped_steps, "step": learn.step_count, "precision": getattr(learn, "precision", None), "seconds": time.perf_counter() - getattr(self, "fit_start", self.start)}
+               "skipped_steps": learn.skipped_steps, "step": learn.step_count, "seconds": time.perf_counter() - getattr(self, "fit_start", self.start),
+               "precision": getattr(learn, "precision", None)}
         if getattr(learn, "cache", None) is not None: row["cache_hit_rate"] = learn.cache.stats.hit_rate
         self.train = {}
         learn.history.append(row)
@@ -668,12 +670,17 @@ def train_refiner(
     return learn
 
 # %% ../nbs/06_learner.ipynb #40c509c5
+def _run_precision(ckpt: dict, device) -> str:
+    "The precision the checkpoint's run trained in (older runs did not record it: decided afresh)."
+    recorded = ckpt["history"][-1].get("precision") if ckpt["history"] else None
+    return recorded or choose_precision(ckpt["config"]["training"]["precision"], device).precision
+
 def validate_checkpoint(
     checkpoint,  # A `last.pt` or `best.pt`
     val_records: list,  # The validation `ImageBoxes`
     cache=None,  # A `FeatureCache` of the run's encoder, when the refiner reads SAM features
 ) -> dict:  # The validation row, as in `learn.history`
-    "The validation metrics of a checkpoint, computed by this process alone."
+    "The validation metrics of a checkpoint, computed by this process alone, in the precision its run trained in."
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file
     config = from_dict(Config, ckpt["config"])
     device = resolve_device(config.training.device)
@@ -681,7 +688,7 @@ def validate_checkpoint(
     net.load_state_dict(ckpt["model"])
     features = partial(record_inputs, cache=cache, use_sam=config.model.sam != "off")
     learn = Learner(net, None, make_loader(val_records, config.data.val_noise_config(), config.data, False, features), config.training, config.loss,
-                    core_callbacks(choose_precision(config.training.precision, device).precision, device))
+                    core_callbacks(_run_precision(ckpt, device), device))
     learn.fit(1, train=False)
     return learn.history[-1]
 

@@ -119,7 +119,8 @@ class PrecisionChoice:
     def __str__(self): return f"{self.precision} ({self.reason})"
 
 def _device_words(device: torch.device) -> str:
-    return f"GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"CPU {cpu_name()}"
+    "The device as a log names it: a GPU's name, or a CPU's name with its kernel level and bf16 support."
+    return f"GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"CPU {cpu_description()}"
 
 # %% ../nbs/01_machine.ipynb #f304c9f0
 def choose_precision(
@@ -136,9 +137,7 @@ def choose_precision(
     if device.type == "cuda":
         if native_bf16(device): return PrecisionChoice("bf16", f"{_device_words(device)} supports bf16")
         return PrecisionChoice("fp16", f"{_device_words(device)} has no bf16: fp16 with a gradient scaler")
-    if not native_bf16(device):
-        capability = torch.backends.cpu.get_cpu_capability()
-        return PrecisionChoice("fp32", f"{_device_words(device)} ({capability}) has no native bf16")
+    if not native_bf16(device): return PrecisionChoice("fp32", f"{_device_words(device)}: bf16 is not native")
     if probe is None: return PrecisionChoice("bf16", f"{_device_words(device)} runs bf16 natively")
     seconds = remembered_probe(probe_key(device, what + probe_id), lambda: {p: time_call(lambda: probe(p)) for p in ("bf16", "fp32")})
     faster = "bf16" if seconds["bf16"] < 0.95 * seconds["fp32"] else "fp32"
@@ -151,7 +150,7 @@ def _explicit(requested: str, device: torch.device) -> PrecisionChoice:
     if device.type == "cpu" and requested == "fp16":
         warnings.warn("fp16 autocast on a CPU is very slow (about 50x for the encoder): use auto or bf16", SlowPrecisionWarning)
     if device.type == "cpu" and requested == "bf16" and not native_bf16(device):
-        warnings.warn(f"bf16 on this {_device_words(device)} (no native bf16) measured {bf16_slowdown(device):.1f}x slower "
+        warnings.warn(f"bf16 on this {_device_words(device)} measured {bf16_slowdown(device):.1f}x slower "
                       "than fp32 on a short workload: use precision auto or fp32", SlowPrecisionWarning)
     return PrecisionChoice(requested, "as configured")
 
