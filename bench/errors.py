@@ -41,7 +41,7 @@ def main():
         for kind, r in KINDS:
             noise = NoiseConfig(r=r, seed=1, errors=kind)
             noisy = [noise.noisy(x) for x in val]
-            refined, _ = refine_records(refiner, val, noisy, progress=False)
+            refined = [o.boxes for o in refine_records(refiner, val, noisy, progress=False)]
             before = torch.cat([elementwise_iou(n, x.boxes) for n, x in zip(noisy, val)])
             after = torch.cat([elementwise_iou(f, x.boxes) for f, x in zip(refined, val)])
             row[f"{kind} r={r}"] = f"{before.mean():.3f} -> {after.mean():.3f} (worse: {(after < before - 0.05).float().mean():.0%})"

@@ -5,10 +5,12 @@
 # %% ../nbs/03_cache.ipynb #ad3ee51a
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections import OrderedDict
@@ -23,13 +25,14 @@ from .encoder import DTYPES, EMBEDDING_SHAPE, Encoder, load_rgb
 from .machine import live_progress, user_cache_dir
 
 # %% auto #0
-__all__ = ['LAYOUT', 'ENTRY_SUFFIX', 'SAFETENSORS_DTYPES', 'default_cache_dir', 'pixel_digest', 'entry_key', 'CacheStats',
-           'CorruptEntry', 'read_safetensors', 'read_entry', 'write_entry', 'FeatureCache', 'evict', 'get_many', 'get',
-           'entries', 'disk_usage', 'remove_stale_temporaries', 'clear', 'warm']
+__all__ = ['LAYOUT', 'ENTRY_SUFFIX', 'CACHE_MARKER', 'SAFETENSORS_DTYPES', 'default_cache_dir', 'pixel_digest', 'entry_key',
+           'CacheStats', 'CorruptEntry', 'read_safetensors', 'read_entry', 'write_entry', 'FeatureCache', 'evict',
+           'get_many', 'get', 'entries', 'disk_usage', 'remove_stale_temporaries', 'NotACache', 'clear', 'warm']
 
 # %% ../nbs/03_cache.ipynb #a60c121d
 LAYOUT = "v1"
 ENTRY_SUFFIX = ".safetensors"
+CACHE_MARKER = ".boxrefine-cache"  # written into the root before the first entry: `clear` touches only roots that have it
 
 def default_cache_dir() -> Path:
     "The cache root: $BOXREFINE_CACHE, else `features` in boxrefine's user cache folder."
@@ -219,6 +222,8 @@ def _compute(self: FeatureCache, keyed: dict) -> dict:
     self.stats.encoder_calls += self.encoder.calls - calls
     self.stats.encoder_seconds += spent
     out = {}
+    self.root.mkdir(parents=True, exist_ok=True)
+    (self.root / CACHE_MARKER).touch()
     for key, feats in zip(keys, features):
         self.stats.bytes_written += write_entry(self.path(key), feats, self.fingerprint, self.storage_dtype, spent / len(keys))
         stored = {k: feats[k].to(self.storage_dtype) for k in ("image_embedding", "interm_embedding")}
@@ -277,9 +282,16 @@ def get(self: FeatureCache, image, device="cpu", dtype: torch.dtype | None = tor
 FeatureCache.get_many, FeatureCache.get = get_many, get
 
 # %% ../nbs/03_cache.ipynb #7bfea055
+_ENTRY_NAME = re.compile(rf"[0-9a-f]{{32}}{re.escape(ENTRY_SUFFIX)}")
+_TEMP_NAME = re.compile(rf"\.tmp-\w+{re.escape(ENTRY_SUFFIX)}")
+
+def _ours(p: Path, pattern) -> bool:
+    "A file we wrote: named like our entries (or their temporaries) in the folders its key names."
+    return pattern.fullmatch(p.name) is not None and (pattern is _TEMP_NAME or p.parent.parent.name + p.parent.name == p.name[:4])
+
 def entries(self: FeatureCache) -> list[Path]:
-    "Every entry file under this cache's layout folder (any encoder)."
-    return sorted((self.root / LAYOUT).glob(f"*/*/*{ENTRY_SUFFIX}"))
+    "Every entry file under this cache's layout folder (any encoder); files we did not write are not entries."
+    return sorted(p for p in (self.root / LAYOUT).glob(f"*/*/*{ENTRY_SUFFIX}") if _ours(p, _ENTRY_NAME))
 
 def disk_usage(self: FeatureCache) -> dict:
     "Entries and bytes on disk."
@@ -288,17 +300,23 @@ def disk_usage(self: FeatureCache) -> dict:
 
 def remove_stale_temporaries(self: FeatureCache, max_age_s: float = 3600) -> int:
     "Delete temporary files older than `max_age_s` (left by killed writers); return how many."
-    old = [p for p in (self.root / LAYOUT).glob("*/*/.tmp-*") if time.time() - p.stat().st_mtime > max_age_s]
+    old = [p for p in (self.root / LAYOUT).glob("*/*/.tmp-*") if _ours(p, _TEMP_NAME) and time.time() - p.stat().st_mtime > max_age_s]
     for p in old: p.unlink(missing_ok=True)
     return len(old)
 
+class NotACache(ValueError):
+    "A folder that does not look like a feature cache boxrefine made: nothing in it is removed."
+
 def clear(self: FeatureCache) -> int:
-    "Remove every entry (and temporary file) under this cache's layout folder; return how many entries."
-    n = len(self.entries())
-    for p in (self.root / LAYOUT).glob("*/*/*"): p.unlink(missing_ok=True)
-    for d in sorted((self.root / LAYOUT).glob("*/*"), reverse=True) + sorted((self.root / LAYOUT).glob("*")): d.rmdir()
+    "Remove our entries and temporary files (nothing else) under this cache's layout folder; return how many entries."
+    if (self.root / LAYOUT).exists() and not (self.root / CACHE_MARKER).is_file():
+        raise NotACache(f"{self.root} does not look like a boxrefine feature cache (no {CACHE_MARKER} file): nothing was removed")
+    files = self.entries() + [p for p in (self.root / LAYOUT).glob("*/*/.tmp-*") if _ours(p, _TEMP_NAME)]
+    for p in files: p.unlink(missing_ok=True)
+    for d in sorted((self.root / LAYOUT).glob("*/*"), reverse=True) + sorted((self.root / LAYOUT).glob("*")) + [self.root / LAYOUT]:
+        with contextlib.suppress(OSError): d.rmdir()  # only folders left empty: anything else stays
     self._memory.clear()
-    return n
+    return sum(_ENTRY_NAME.fullmatch(p.name) is not None for p in files)
 
 def warm(
     self: FeatureCache,

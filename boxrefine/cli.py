@@ -15,22 +15,23 @@ from pathlib import Path
 import torch
 
 from .boxes import ERROR_KINDS, BoxError, convert_boxes, elementwise_iou, noisy_boxes
-from .cache import FeatureCache
+from .cache import FeatureCache, NotACache
 from .data import CocoError, ImageReadError, NoiseConfig, load_coco, load_sample, read_image
 from .encoder import CheckpointError, DTYPES, MODEL_TYPES, Encoder, EncoderConfig
 from .learner import (ConfigError, NonFiniteLoss, NotEnoughData, RunExists, _world, collective_device, init_distributed, load_config, split_records,
                                train_refiner)
 from .loss import box_loss
 from .machine import live_progress
-from .metrics import evaluate_boxes, metrics_table, noisy_baseline, sam_baseline
+from .metrics import change_line, change_shares, evaluate_boxes, metrics_table, noisy_baseline, sam_baseline
+from .prior import load_prior
 from .refiner import BoxRefiner, EncoderMismatch, NotARefinerCheckpoint
 
 # %% auto #0
 __all__ = ['ENCODER_OPTIONS', 'DEMO_SETTINGS', 'DEMO_MARKER', 'USER_ERRORS', 'noise_table', 'format_table', 'noise_picture',
            'add_dataset_options', 'add_encoder_options', 'encoder_settings', 'encoder_from', 'records_from',
-           'warm_shared', 'stats_over_ranks', 'cache_command', 'refiner_cache', 'refine_records', 'refined_method',
-           'eval_command', 'config_from', 'train_command', 'refined_coco', 'refine_command', 'demo_picture', 'demo',
-           'add_train_parser', 'add_refine_parser', 'parser', 'UsageError', 'main']
+           'warm_shared', 'stats_over_ranks', 'cache_command', 'refiner_from', 'refiner_cache', 'refine_records',
+           'refined_method', 'eval_command', 'config_from', 'train_command', 'refined_coco', 'refine_command',
+           'demo_picture', 'demo', 'add_train_parser', 'add_refine_parser', 'parser', 'UsageError', 'main']
 
 # %% ../nbs/09_cli.ipynb #52d3db2f
 def noise_table(
@@ -144,9 +145,15 @@ def cache_command(args) -> dict:
     return out
 
 # %% ../nbs/09_cli.ipynb #f4fda0eb
+def refiner_from(args) -> BoxRefiner:
+    "The refiner of --run, else the shipped prior."
+    return BoxRefiner.load(args.run) if args.run else load_prior()
+
+def _margin(refiner: BoxRefiner, args) -> float: return refiner.min_gain if args.min_gain is None else args.min_gain
+
 def refiner_cache(refiner: BoxRefiner, cache_dir=None) -> FeatureCache | None:
     "A cache over the refiner's training encoder when it reads SAM features, else None (no encoder is built)."
-    return FeatureCache(refiner._encoder_(), cache_dir) if refiner.net.config.sam != "off" else None
+    return FeatureCache(refiner.training_encoder(), cache_dir) if refiner.net.config.sam != "off" else None
 
 def refine_records(
     refiner: BoxRefiner,  # A trained refiner
@@ -154,18 +161,22 @@ def refine_records(
     boxes: list,  # Per record, the (N_i, 4) xyxy pixel boxes to refine
     cache: FeatureCache | None = None,  # Cache of the refiner's encoder, when it reads SAM features
     progress: bool = True,  # Show a progress bar
-) -> tuple:  # (refined boxes, qualities), one tensor per record
+    min_gain: float | None = None,  # The gate's margin; None: the refiner's own
+) -> list:  # One `Refinement` per record
     "Refine the boxes of every record."
     from fastprogress.fastprogress import progress_bar
     if cache is not None: cache.warm([r.path for r in records], progress=progress)
     shown = progress_bar(records, leave=False) if progress and live_progress() else records
-    out = [refiner.refine(r.path, b, cache) for r, b in zip(shown, boxes)]
-    return [b for b, _ in out], [q for _, q in out]
+    return [refiner.refine_boxes(r.path, b, cache, min_gain) for r, b in zip(shown, boxes)]
 
-def refined_method(refiner: BoxRefiner, records: list, noise: NoiseConfig, cache=None, progress: bool = True) -> dict:
-    "`evaluate_boxes` metrics of the refiner's boxes from the noisy ones, scored by predicted quality."
-    refined, quality = refine_records(refiner, records, [noise.noisy(r) for r in records], cache, progress)
-    return evaluate_boxes(records, refined, quality)
+def refined_method(refiner: BoxRefiner, records: list, noise: NoiseConfig, cache=None, progress: bool = True,
+                   min_gain: float | None = None) -> dict:
+    "`evaluate_boxes` metrics of the refiner's boxes from the noisy ones, scored by predicted quality, and the change shares."
+    noisy = [noise.noisy(r) for r in records]
+    out = refine_records(refiner, records, noisy, cache, progress, min_gain)
+    before, after = (torch.cat([elementwise_iou(b, r.boxes) for b, r in zip(boxes, records)]) for boxes in (noisy, [o.boxes for o in out]))
+    moved = torch.cat([o.moved for o in out]).double().mean().item()
+    return {**evaluate_boxes(records, [o.boxes for o in out], [o.quality for o in out]), **change_shares(before, after), "moved": moved}
 
 # %% ../nbs/09_cli.ipynb #a0abd211
 def eval_command(args) -> dict:
@@ -184,11 +195,11 @@ def eval_command(args) -> dict:
         cache.warm([r.path for r in records])
         methods["sam"] = sam_baseline(records, cache, noise)
         result["encoder"] = {"fingerprint": cache.fingerprint, "random_weights": cache.encoder.config.resolved_checkpoint() is None}
-    if args.run:
-        refiner = BoxRefiner.load(args.run)
-        methods["refined"] = refined_method(refiner, records, noise, refiner_cache(refiner, args.cache_dir))
-        result["run"] = str(args.run)
+    refiner = refiner_from(args)
+    methods["refined"] = refined_method(refiner, records, noise, refiner_cache(refiner, args.cache_dir), min_gain=args.min_gain)
+    result["refiner"] = refiner.about
     print(metrics_table(methods))
+    print(f"refined ({refiner.about}, min_gain {_margin(refiner, args):+.2f}): {change_line(methods['refined'])}")
     if result.get("encoder", {}).get("random_weights"): print("note: HQ-SAM ran with RANDOM weights: the 'sam' row says nothing about HQ-SAM")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
@@ -202,6 +213,7 @@ def config_from(args):
     if args.resume and args.config: raise UsageError("--resume reads the run's own config.yaml: drop --config")
     options = [f"encoder.{k}={json.dumps(v)}" for k, v in encoder_settings(args).items()]
     options += [f"data.noise={args.noise}"] * (args.noise is not None) + [f"training.epochs={args.epochs}"] * (args.epochs is not None)
+    options += ["training.init=scratch"] * args.from_scratch
     return load_config(base, options + list(args.set or ()))
 
 def train_command(args):
@@ -224,7 +236,8 @@ def train_command(args):
     else: say("SAM features: off (model.sam=auto with a random-weight encoder: they carry no signal); the refiner reads image crops")
     from boxrefine.widgets import TrainingMonitor
     monitor = [TrainingMonitor(save_dir=args.out, live=False)] if args.monitor and rank == 0 else []
-    learn = train_refiner(config, train, val, args.out, cache=cache, resume=args.resume, cbs=monitor, progress=rank == 0)
+    learn = train_refiner(config, train, val, args.out, cache=cache, resume=args.resume, overwrite=args.overwrite, cbs=monitor,
+                          progress=rank == 0)
     best = learn.best
     if rank > 0: return learn
     print(f"best validation mean IoU {best['val_mean_iou']:.4f} at epoch {best['epoch'] + 1} (noisy input {learn.history[-1]['noisy_mean_iou']:.4f})")
@@ -232,37 +245,44 @@ def train_command(args):
     return learn
 
 # %% ../nbs/09_cli.ipynb #c16c6ef5
-def refined_coco(coco: dict, records: list, refined: list, quality: list, run) -> tuple:
-    "A copy of the COCO dict with refined boxes, qualities and the input boxes; and how many annotations were refined."
+def refined_coco(coco: dict, records: list, refined: list, refiner: str) -> tuple:
+    "A copy of the COCO dict with the answer boxes, their qualities, whether they moved, and the input boxes; and how many were refined."
     out = copy.deepcopy(coco)
     by_id = {}
-    for r, boxes, q in zip(records, refined, quality):
-        for ann_id, box, score in zip(r.annotation_ids, convert_boxes(boxes, "xyxy", "xywh").tolist(), q.tolist()):
-            by_id[ann_id] = ([round(v, 2) for v in box], round(score, 4))
-    for ann in out["annotations"]:
-        if ann.get("id") not in by_id: continue
-        box, score = by_id[ann["id"]]
-        ann["bbox_input"], ann["bbox"], ann["quality"] = ann["bbox"], box, score
+    for r, o in zip(records, refined):
+        for ann_id, box, score, moved in zip(r.annotation_ids, convert_boxes(o.boxes, "xyxy", "xywh").tolist(), o.quality.tolist(),
+                                             o.moved.tolist()):
+            by_id[ann_id] = ([round(v, 2) for v in box], round(score, 4), moved)
+    for i, ann in enumerate(out["annotations"]):
+        key = ann["id"] if "id" in ann else ("annotations", i)  # annotations without an id are matched by position
+        if key not in by_id: continue
+        box, score, moved = by_id[key]
+        ann["bbox_input"], ann["bbox"], ann["quality"], ann["moved"] = ann["bbox"], box, score, moved
         if not ann.get("segmentation"): ann["area"] = round(box[2] * box[3], 2)
-    out.setdefault("info", {})["boxrefine"] = {"run": str(run), "refined_annotations": len(by_id)}
+    out.setdefault("info", {})["boxrefine"] = {"refiner": refiner, "refined_annotations": len(by_id)}
     return out, len(by_id)
 
 def refine_command(args) -> dict:
     "Refine every box of a COCO file into a new COCO file."
     if args.out.resolve() == args.ann.resolve(): raise UsageError(f"--out {args.out} is the input file: refine never overwrites its input")
     if args.out.exists() and not args.overwrite: raise UsageError(f"{args.out} exists: choose another --out, or pass --overwrite")
-    refiner = BoxRefiner.load(args.run)
+    refiner = refiner_from(args)
+    print(f"refiner: {refiner.about}")
     records = records_from(args)
-    refined, quality = refine_records(refiner, records, [r.boxes for r in records], refiner_cache(refiner, args.cache_dir))
+    refined = refine_records(refiner, records, [r.boxes for r in records], refiner_cache(refiner, args.cache_dir), min_gain=args.min_gain)
     coco = json.loads(args.ann.read_text())
-    out, n = refined_coco(coco, records, refined, quality, args.run)
+    out, n = refined_coco(coco, records, refined, refiner.about)
+    no_id = sum(isinstance(a, dict) and "id" not in a for a in coco["annotations"])
+    if no_id: print(f"{no_id} annotations have no id: they are matched by their position in {args.ann}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(json.dumps(out))
     tmp.replace(args.out)
-    moved = torch.cat([elementwise_iou(b, r.boxes) for b, r in zip(refined, records)]) if n else torch.ones(0)
-    print(f"refined {n} of {len(coco['annotations'])} annotations in {len(records)} images (median IoU of refined to input box "
-          f"{moved.median().item() if n else 1:.3f}); wrote {args.out}")
+    moved = torch.cat([o.moved for o in refined]) if n else torch.zeros(0, dtype=torch.bool)
+    shift = torch.cat([elementwise_iou(o.boxes, r.boxes) for o, r in zip(refined, records)])[moved] if n else torch.ones(0)
+    print(f"refined {n} of {len(coco['annotations'])} annotations in {len(records)} images: moved {int(moved.sum())}, kept "
+          f"{n - int(moved.sum())} as they were (predicted gain below min_gain {_margin(refiner, args):+.2f}); median IoU of a moved "
+          f"box to its input {shift.median().item() if len(shift) else 1:.3f}; wrote {args.out}")
     return out
 
 # %% ../nbs/09_cli.ipynb #9eac419f
@@ -301,13 +321,18 @@ def demo(
     if (out / "run").exists():
         if not (out / "run" / DEMO_MARKER).exists(): raise UsageError(f"{out / 'run'} exists and is not a demo run: choose another --out")
         shutil.rmtree(out / "run")  # the previous demo's own run
-    print(f"training a refiner on {len(train)} images (random-weight encoder: the refiner reads image crops)")
+    noise, prior = config.data.val_noise_config(), load_prior()
+    methods = {"noisy": noisy_baseline(val, noise), "prior": refined_method(prior, val, noise, progress=False)}
+    print(f"\nbefore training: {prior.about}, on {len(val)} validation images at r = {noise.r}: mean IoU "
+          f"{methods['noisy']['mean_iou']:.3f} -> {methods['prior']['mean_iou']:.3f}; {change_line(methods['prior'])}")
+    print(f"\nfine-tuning it on {len(train)} images (random-weight encoder: the refiner reads image crops)")
     train_refiner(config, train, val, out / "run", progress=progress)
     (out / "run" / DEMO_MARKER).write_text("made by boxrefine demo; the next demo in this folder replaces it\n")
-    refiner, noise = BoxRefiner.load(out / "run"), config.data.val_noise_config()
-    methods = {"noisy": noisy_baseline(val, noise), "refined": refined_method(refiner, val, noise, progress=False)}
+    refiner = BoxRefiner.load(out / "run")
+    methods["fine-tuned"] = refined_method(refiner, val, noise, progress=False)
     print(f"\n{len(val)} validation images, {methods['noisy']['n_boxes']} boxes, noise r = {noise.r}:")
     print(metrics_table(methods))
+    print(f"fine-tuned: {change_line(methods['fine-tuned'])}")
     out.mkdir(parents=True, exist_ok=True)
     for fig, name in ((noise_picture(records[3], seed=seed), "noise.png"), (demo_picture(refiner, val[0], noise), "refined.png")):
         fig.savefig(out / name, dpi=100)
@@ -326,6 +351,8 @@ def add_train_parser(sub) -> None:
     t.add_argument("--epochs", type=int, default=None, help="epochs (default: 40)")
     t.add_argument("--max-images", type=int, default=None, help="use only the first N training and N validation images")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    t.add_argument("--from-scratch", action="store_true", help="start from random weights, not the shipped prior")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in --out (only a folder that holds a boxrefine run)")
     t.add_argument("--monitor", action="store_true", help="also save the training monitor's pictures (monitor-*.png) in --out")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. --set training.lr=3e-4 (repeatable)")
     add_encoder_options(t)
@@ -333,7 +360,9 @@ def add_train_parser(sub) -> None:
 
 def add_refine_parser(sub) -> None:
     r = sub.add_parser("refine", help="refine the boxes of a COCO file with a trained run, into a new COCO file")
-    r.add_argument("--run", type=Path, required=True, help="run folder (its best.pt) or refiner checkpoint")
+    r.add_argument("--run", type=Path, default=None, help="run folder (its best.pt) or refiner file (default: the shipped prior)")
+    r.add_argument("--min-gain", type=float, default=None, help="move a box only if its predicted IoU grows this much "
+                   "(default: the refiner's, chosen on validation data)")
     add_dataset_options(r)
     r.add_argument("--out", type=Path, required=True, help="the new COCO JSON to write")
     r.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never the input)")
@@ -365,7 +394,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     e.add_argument("--errors", default="jitter", help=f"kind of box error at level --noise: one of {', '.join(ERROR_KINDS)}, "
                    "or a mix such as 'jitter:4 clean:1 larger:1' (default: jitter)")
-    e.add_argument("--run", type=Path, default=None, help="also score the refiner of this run folder")
+    e.add_argument("--run", type=Path, default=None, help="the refiner to score: a run folder or refiner file (default: the shipped prior)")
+    e.add_argument("--min-gain", type=float, default=None, help="the gate's margin (default: the refiner's)")
     e.add_argument("--no-sam", action="store_true", help="skip the HQ-SAM zero-shot baseline")
     e.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
     e.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
@@ -379,7 +409,7 @@ class UsageError(ValueError):
     "A command line that asks for something unsafe or impossible."
 
 USER_ERRORS = (UsageError, CocoError, ImageReadError, CheckpointError, BoxError, FileNotFoundError, ConfigError, RunExists,
-               EncoderMismatch, NonFiniteLoss, NotARefinerCheckpoint, NotEnoughData)
+               EncoderMismatch, NonFiniteLoss, NotARefinerCheckpoint, NotEnoughData, NotACache)
 
 def main(
     argv: list[str] | None = None,  # Arguments without the program name; None reads `sys.argv`

@@ -142,14 +142,23 @@ def _field(record: dict, key: str, where: str):
 
 def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+def _check_file_name(name, where: str) -> None:
+    "A `file_name` must be a relative path inside the image folder: a non-empty string, not absolute, without `..`."
+    if not isinstance(name, str) or not name: raise CocoError(f"{where}: file_name must be a non-empty string")
+    if Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name and ".." in name.split("\\"):
+        raise CocoError(f"{where}: file_name must be relative to the image folder, without '..'")
+
 def _index_images(images: list, path: Path) -> dict:
     "Map each image id to its position in `images`, checking ids are unique and sizes positive."
     index = {}
     for i, im in enumerate(images):
         where = f"{path}: images[{i}]"
         iid = _field(im, "id", where)
-        where = f"{where} (id {iid!r}, {_field(im, 'file_name', where)!r})"
+        name = _field(im, "file_name", where)
+        where = f"{where} (id {iid!r}, {name!r})"
+        if not isinstance(iid, (int, str)) or isinstance(iid, bool): raise CocoError(f"{where}: an image id must be an integer or a string")
         if iid in index: raise CocoError(f"{where} has the same id as images[{index[iid]}]: image ids must be unique")
+        _check_file_name(name, where)
         if not all(_is_number(_field(im, k, where)) and im[k] > 0 for k in ("height", "width")):
             raise CocoError(f"{where} has height {im['height']!r} and width {im['width']!r}: both must be positive numbers")
         index[iid] = i
@@ -163,7 +172,7 @@ def _category_names(coco: dict, path: Path) -> dict:
 @dataclass
 class _Annotations:
     "The annotations of a COCO file as arrays, in file order."
-    ids: list  # Annotation ids (the position in the file where a record has none)
+    ids: list  # Annotation ids; ("annotations", position) where a record has none
     image: np.ndarray  # (M,) position of each box's image in the file's images
     xywh: np.ndarray  # (M, 4) float64 boxes as in the file
     category: np.ndarray  # (M,) int64
@@ -177,11 +186,23 @@ def _annotation_row(ann: dict, i: int, index: dict, categories: dict, path: Path
     if cat not in categories: raise CocoError(f"{where} has category_id {cat!r}, which is not in the file's categories")
     if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(map(_is_number, bbox)) and min(bbox[2:]) >= 0):
         raise CocoError(f"{where} has bbox {bbox!r}: expected [x, y, width, height], finite, with width and height >= 0")
-    return ann.get("id", i), index[image_id], bbox, cat, bool(ann.get("iscrowd", 0))
+    crowd = ann.get("iscrowd", 0)
+    if crowd not in (0, 1) or isinstance(crowd, float) and not crowd.is_integer():
+        raise CocoError(f"{where} has iscrowd {crowd!r}: expected 0, 1, true or false")
+    return ann.get("id", ("annotations", i)), index[image_id], bbox, cat, bool(crowd)  # no id: known by its position
 
 def _annotation_table(anns: list, index: dict, categories: dict, path: Path) -> _Annotations:
     "All annotations of the file, checked, as arrays."
+    if not isinstance(anns, list): raise CocoError(f"{path}: annotations must be a list, got {type(anns).__name__}")
     rows = [_annotation_row(a, i, index, categories, path) for i, a in enumerate(anns)]
+    seen = {}
+    for i, a in enumerate(anns):
+        if "id" not in a: continue
+        if not isinstance(a["id"], (int, str)) or isinstance(a["id"], bool):
+            raise CocoError(f"{path}: annotations[{i}] has id {a['id']!r}: an annotation id must be an integer or a string")
+        if a["id"] in seen:
+            raise CocoError(f"{path}: annotations[{i}] has id {a['id']!r}, like annotations[{seen[a['id']]}]: annotation ids must be unique")
+        seen[a["id"]] = i
     ids, image, xywh, cat, crowd = zip(*rows) if rows else ([], [], [], [], [])
     return _Annotations(list(ids), np.array(image, np.int64), np.array(xywh, np.float64).reshape(-1, 4),
                         np.array(cat, np.int64), np.array(crowd, bool))

@@ -30,17 +30,21 @@ from .data import NoiseConfig, NoisyBoxDataset, collate_boxes, read_image
 from .encoder import EncoderConfig
 from .loss import LossConfig
 from .machine import PRECISIONS, PrecisionChoice, autocast_context, choose_precision, live_progress
-from .refiner import BoxRefiner, BoxRefinerNet, NonFiniteOutput, RefinerConfig, RefinerLoss, image_inputs, refiner_loss
+from .prior import initial_refiner
+from .refiner import (BoxRefiner, BoxRefinerNet, NonFiniteOutput, RefinerConfig, RefinerLoss, image_inputs,
+                               read_refiner_checkpoint, refiner_loss)
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'DataConfig', 'TrainConfig', 'Config', 'ConfigError', 'from_dict', 'load_config', 'config_dict',
-           'save_config', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback', 'run_cbs',
-           'with_cbs', 'NonFiniteLoss', 'Learner', 'resolve_device', 'DeviceCB', 'MixedPrecisionCB',
-           'choose_training_precision', 'GradClipCB', 'lr_factor', 'SchedulerCB', 'MetricsCB', 'plot_curves',
-           'epoch_line', 'ProgressCB', 'LogCB', 'atomic_save', 'checkpoint_state', 'load_checkpoint', 'CheckpointCB',
-           'EarlyStoppingCB', 'init_distributed', 'collective_device', 'run_device', 'record_inputs', 'ShardSampler',
-           'make_loader', 'split_records', 'core_callbacks', 'build_callbacks', 'RunExists', 'NotEnoughData',
-           'train_refiner', 'validate_checkpoint', 'StopAfterCB', 'LRFinderCB', 'lr_find']
+__all__ = ['SCHEDULES', 'VAL_SPLITS', 'GATE_MARGINS', 'RUN_MARKER', 'RUN_FILES', 'DataConfig', 'TrainConfig', 'Config',
+           'ConfigError', 'from_dict', 'load_config', 'config_dict', 'save_config', 'CancelFitException',
+           'CancelEpochException', 'CancelBatchException', 'Callback', 'run_cbs', 'with_cbs', 'NonFiniteLoss',
+           'Learner', 'resolve_device', 'DeviceCB', 'MixedPrecisionCB', 'choose_training_precision', 'GradClipCB',
+           'lr_factor', 'SchedulerCB', 'MetricsCB', 'plot_curves', 'epoch_line', 'ProgressCB', 'LogCB', 'atomic_save',
+           'checkpoint_state', 'load_checkpoint', 'CheckpointCB', 'EarlyStoppingCB', 'BestWeightsCB',
+           'init_distributed', 'collective_device', 'run_device', 'record_inputs', 'ShardSampler', 'make_loader',
+           'split_records', 'GainCB', 'best_min_gain', 'choose_min_gain', 'gate_line', 'record_gate', 'core_callbacks',
+           'build_callbacks', 'RunExists', 'NotEnoughData', 'train_refiner', 'validate_checkpoint', 'StopAfterCB',
+           'LRFinderCB', 'lr_find']
 
 # %% ../nbs/06_learner.ipynb #c1f5ae33
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ class DataConfig:
     "How batches are made: noise, split, batch size."
     noise: float = 0.2  # Noise level r of the validation boxes
     train_noise: tuple = (0.0, 0.3)  # Training boxes get a level drawn per box in this range, fresh each epoch
-    train_errors: str = "jitter"  # Kinds of error of the training boxes: a kind, or a mix "jitter:4 clean:1 larger:1 ..."
+    train_errors: str = "jitter:3 clean:1 larger:1 smaller:1 shift:1 edge:1"  # Kinds of error of the training boxes: a kind or a mix
+    gate_errors: str = "clean:1 jitter:1 larger:1 smaller:1 shift:1 edge:1"  # Errors of the validation boxes that choose the gate's margin
     seed: int = 0  # Seed of the noise, the split and the data order
     val_fraction: float = 0.2  # Share of images for validation when the data has no train/val split field
     batch_size: int = 8  # Images per step
@@ -62,11 +67,13 @@ class DataConfig:
         if not 0 < self.val_fraction < 1: raise ValueError(f"data val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.batch_size < 1: raise ValueError(f"data batch_size must be >= 1, got {self.batch_size}")
         if self.max_boxes is not None and self.max_boxes < 1: raise ValueError(f"data max_boxes must be >= 1 or null, got {self.max_boxes}")
-        self.train_noise_config()  # checks train_errors
+        self.train_noise_config(), self.gate_noise_config()  # check the error mixes
 
     def train_noise_config(self) -> NoiseConfig:
         return NoiseConfig(r=self.train_noise[1], seed=self.seed, r_min=self.train_noise[0], errors=self.train_errors)
     def val_noise_config(self) -> NoiseConfig: return NoiseConfig(r=self.noise, seed=self.seed)
+    def gate_noise_config(self) -> NoiseConfig:
+        return NoiseConfig(r=self.train_noise[1], seed=self.seed + 1, r_min=self.train_noise[0], errors=self.gate_errors)
 
 SCHEDULES = ("cosine", "constant")
 
@@ -83,8 +90,10 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     patience: int | None = None  # Stop when validation mean IoU has not improved for this many epochs; None: never
     seed: int = 0  # Seed of the weights' initialisation
+    init: str = "prior"  # Start from: "prior" (the shipped prior, when the model settings match it), "scratch", or a refiner file
 
     def __post_init__(self):
+        if not self.init: raise ValueError("training init must be prior, scratch or a refiner file, got ''")
         if self.epochs < 1: raise ValueError(f"training epochs must be >= 1, got {self.epochs}")
         if not (math.isfinite(self.lr) and self.lr > 0): raise ValueError(f"training lr must be a number > 0, got {self.lr}")
         if self.weight_decay < 0: raise ValueError(f"training weight_decay must be >= 0, got {self.weight_decay}")
@@ -468,6 +477,8 @@ class LogCB(Callback):
     "Append each epoch's metrics to `metrics.jsonl` and redraw `curves.png` in the run folder."
     order = 40
     def __init__(self, run_dir): self.run_dir = Path(run_dir)
+    def before_fit(self, learn):  # a resumed run's log is its checkpoint's history: epochs logged after it are dropped
+        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in getattr(learn, "history", [])))
     def after_epoch(self, learn):
         if learn.training or not learn.history: return
         with open(self.run_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(learn.history[-1]) + "\n")
@@ -480,19 +491,35 @@ class LogCB(Callback):
 
 # %% ../nbs/06_learner.ipynb #f1b92167
 def _rng_states() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    "Every random state as tensors and plain lists, which `torch.load(weights_only=True)` reads back."
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, state, python_gauss = random.getstate()
+    return {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": [version, list(state), python_gauss],
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"]); np.random.set_state(states["numpy"]); random.setstate(states["python"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    torch.set_rng_state(states["torch"]); np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, state, python_gauss = states["python"]
+    random.setstate((version, tuple(state), python_gauss))
     if states["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(states["cuda"])
 
 def atomic_save(obj, path) -> None:
-    "`torch.save` to a temporary file beside `path`, then rename."
+    "`torch.save` to a temporary file beside `path`, synced to disk, then renamed over `path`; on failure no temporary file is left."
     path = Path(path)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try: os.fsync(folder)  # the rename itself reaches the disk
+    finally: os.close(folder)
 
 def checkpoint_state(learn, extra_state: dict, config: Config) -> dict:
     "Everything needed to continue training exactly, or to load the refiner for inference."
@@ -503,7 +530,7 @@ def checkpoint_state(learn, extra_state: dict, config: Config) -> dict:
 
 def load_checkpoint(learn, path) -> dict:
     "Restore a `last.pt` into `learn`; the next `fit` continues with the following epoch."
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file: configs, history and RNG states
+    ckpt = read_refiner_checkpoint(path)
     getattr(learn.model, "module", learn.model).load_state_dict(ckpt["model"])
     learn.opt.load_state_dict(ckpt["optimizer"])
     if ckpt["scaler"] is not None:
@@ -522,8 +549,8 @@ class CheckpointCB(Callback):
         if learn.training or not learn.history: return
         improved = learn.best["epoch"] == learn.epoch  # MetricsCB keeps the best epoch
         state = checkpoint_state(learn, self.extra_state, self.config)
+        if improved: atomic_save(state, self.run_dir / "best.pt")  # first: last.pt never claims a best that best.pt lacks
         atomic_save(state, self.run_dir / "last.pt")
-        if improved: atomic_save(state, self.run_dir / "best.pt")
 
 class EarlyStoppingCB(Callback):
     "Stop when validation mean IoU has not improved for `patience` epochs."
@@ -534,6 +561,20 @@ class EarlyStoppingCB(Callback):
         if learn.epoch - learn.best["epoch"] >= self.patience:
             print(f"early stop: no better validation mean IoU since epoch {learn.best['epoch'] + 1}")
             raise CancelFitException()
+
+class BestWeightsCB(Callback):
+    "Keep the weights of the best validation epoch and put them back in the model when the fit ends."
+    order = 55
+    def __init__(self, run_dir=None): self.run_dir = run_dir
+    def before_fit(self, learn):
+        self.state = None
+        if learn.best is not None and self.run_dir is not None:  # resumed: the best epoch so far is in best.pt
+            self.state = read_refiner_checkpoint(Path(self.run_dir) / "best.pt")["model"]
+    def after_epoch(self, learn):
+        if learn.training or learn.best is None or learn.best["epoch"] != learn.epoch: return
+        self.state = {k: v.detach().clone() for k, v in getattr(learn.model, "module", learn.model).state_dict().items()}
+    def cleanup_fit(self, learn):
+        if self.state is not None: getattr(learn.model, "module", learn.model).load_state_dict(self.state)
 
 # %% ../nbs/06_learner.ipynb #2ef38b3f
 def _world() -> tuple:
@@ -581,16 +622,67 @@ def make_loader(records, noise: NoiseConfig, data: DataConfig, train: bool, feat
     return DataLoader(ds, batch_size=data.batch_size, sampler=sampler, collate_fn=collate, num_workers=data.num_workers)
 
 # %% ../nbs/06_learner.ipynb #7919b991
+VAL_SPLITS = ("val", "valid", "validation")  # the names datasets give their validation split (Roboflow: valid)
+
 def split_records(records: list, data: DataConfig) -> tuple:
-    "(train, val) records: by the `split` field when it holds train and val, else a seeded split."
-    by_split = {s: [r for r in records if r.split == s] for s in ("train", "val")}
-    if by_split["train"] and by_split["val"]: return by_split["train"], by_split["val"]
+    "(train, val) records: by the `split` field when it holds train and val images, else a seeded split; never test images."
+    train, val = [r for r in records if r.split == "train"], [r for r in records if r.split in VAL_SPLITS]
+    if train and val: return train, val
     from boxrefine.boxes import _stable_int
+    records = [r for r in records if r.split != "test"]
     order = sorted(records, key=lambda r: _stable_int((data.seed, r.id)))
     n_val = max(1, round(data.val_fraction * len(records)))
     if len(records) < 2: raise ValueError(f"need at least 2 images to train and validate, got {len(records)}")
     val_ids = {r.id for r in order[:n_val]}
     return [r for r in records if r.id not in val_ids], [r for r in records if r.id in val_ids]
+
+# %% ../nbs/06_learner.ipynb #d4e9b9a7
+GATE_MARGINS = tuple(round(float(m), 2) for m in np.arange(-0.10, 0.205, 0.01))
+
+class GainCB(Callback):
+    "Per validation box: IoU of the input box, IoU of the refined box, predicted gain (gathered over processes)."
+    order = 25
+    def before_fit(self, learn): self.rows = []
+    def after_loss(self, learn):
+        p, b = learn.preds, learn.batch
+        gain = torch.sigmoid(p["quality"]) - torch.sigmoid(p["input_quality"])
+        ious = [elementwise_iou(x.float(), b["boxes"]) for x in (b["noisy"], p["boxes"][-1])]
+        self.rows.append(torch.stack([*ious, gain.float()], 1).cpu())
+    def after_fit(self, learn): self.table = _gather_over_ranks(torch.cat(self.rows) if self.rows else torch.zeros(0, 3))
+
+def best_min_gain(
+    input_iou: Tensor,  # (N,) IoU of each input box
+    refined_iou: Tensor,  # (N,) IoU of each refined box
+    gain: Tensor,  # (N,) predicted gain of each
+    margins=GATE_MARGINS,  # Candidate margins
+    tie: float = 1e-4,  # Margins within this of the best mean IoU count as ties
+) -> float:  # The largest margin among the best
+    "The margin whose gated boxes have the highest mean IoU; among near-ties, the most cautious."
+    scores = [torch.where(gain >= m, refined_iou, input_iou).mean().item() for m in margins]
+    return max(m for m, s in zip(margins, scores) if s >= max(scores) - tie)
+
+def choose_min_gain(net, records: list, config: Config, features, device, precision: str) -> dict:
+    "The gate's margin, chosen on `records` with every kind of box error; and what the gate does there."
+    collect = GainCB()
+    loader = make_loader(records, config.data.gate_noise_config(), config.data, False, features)
+    Learner(net, None, loader, config.training, config.loss, core_callbacks(precision, device) + [collect]).fit(1, train=False)
+    input_iou, refined_iou, gain = collect.table.T
+    m = best_min_gain(input_iou, refined_iou, gain)
+    gated = torch.where(gain >= m, refined_iou, input_iou)
+    return {"min_gain": m, "boxes": len(gain), "input_mean_iou": input_iou.mean().item(),
+            "refined_mean_iou": refined_iou.mean().item(), "gated_mean_iou": gated.mean().item(),
+            "moved": (gain >= m).float().mean().item(), "worse_by_0.05": (gated < input_iou - 0.05).float().mean().item()}
+
+def gate_line(gate: dict) -> str:
+    "What the chosen gate does on the validation boxes, in one line."
+    return (f"gate: min_gain {gate['min_gain']:+.2f} chosen on {gate['boxes']} validation boxes with every kind of error: "
+            f"mean IoU input {gate['input_mean_iou']:.3f}, refined {gate['refined_mean_iou']:.3f}, gated {gate['gated_mean_iou']:.3f} "
+            f"({gate['moved']:.0%} moved, {gate['worse_by_0.05']:.1%} worse by > 0.05)")
+
+def record_gate(checkpoint, gate: dict) -> None:
+    "Write the chosen margin (and what it did) into a checkpoint."
+    ckpt = read_refiner_checkpoint(checkpoint)
+    atomic_save({**ckpt, "min_gain": gate["min_gain"], "gate": gate}, checkpoint)
 
 # %% ../nbs/06_learner.ipynb #0e9d8d22
 def core_callbacks(precision: str, device) -> list:
@@ -607,7 +699,7 @@ def build_callbacks(config: Config, run_dir, extra_state: dict, device, precisio
         if run_dir is not None: cbs += [LogCB(run_dir), CheckpointCB(run_dir, extra_state, config)]
         if progress: cbs.append(ProgressCB())
     if tc.patience: cbs.append(EarlyStoppingCB(tc.patience))
-    return cbs
+    return cbs + [BestWeightsCB(run_dir)]
 
 class RunExists(FileExistsError):
     "A run folder that already holds a run, without --resume."
@@ -615,14 +707,32 @@ class RunExists(FileExistsError):
 class NotEnoughData(ValueError):
     "Too few images (with boxes) to train and validate."
 
-def _prepare_run_dir(run_dir, resume: bool) -> Path | None:
+RUN_MARKER = ".boxrefine-run"  # written first into every run folder: what marks a folder as ours to replace
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "config.yaml", "curves.png")
+
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    "Refuse a folder we may not train into: a file, a folder that is neither empty nor one of our runs, a run without --overwrite."
+    if run_dir.exists() and not run_dir.is_dir(): raise RunExists(f"{run_dir} is a file, not a run folder")
+    if resume:
+        if not (run_dir / "last.pt").exists(): raise FileNotFoundError(f"cannot resume: no {run_dir / 'last.pt'}")
+        return
+    if not run_dir.exists() or not any(run_dir.iterdir()): return
+    if not (run_dir / RUN_MARKER).is_file():
+        raise RunExists(f"{run_dir} is not empty and is not a boxrefine run: train into a new or empty folder (nothing was touched)")
+    if not overwrite:
+        raise RunExists(f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace it, or choose another folder")
+
+def _prepare_run_dir(run_dir, resume: bool, overwrite: bool = False) -> Path | None:
+    "The run folder, checked by every process before the first one writes; our files of a replaced run removed, no others."
     if run_dir is None: return None
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir(): raise RunExists(f"{run_dir} is a file, not a run folder")
-    if resume and not (run_dir / "last.pt").exists(): raise FileNotFoundError(f"cannot resume: no {run_dir / 'last.pt'}")
-    if not resume and (run_dir / "last.pt").exists():
-        raise RunExists(f"{run_dir} already holds a run (last.pt): pass --resume to continue it, or choose another folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(run_dir, resume, overwrite)
+    if _world()[1] > 1: torch.distributed.barrier()
+    if _world()[0] == 0 and not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for f in run_dir.iterdir():
+            if f.name in RUN_FILES or f.name.startswith("monitor-") and f.suffix == ".png": f.unlink()
+        (run_dir / RUN_MARKER).write_text("a boxrefine training run: `boxrefine train --overwrite` may replace its files\n")
     return run_dir
 
 def train_refiner(
@@ -632,15 +742,16 @@ def train_refiner(
     run_dir=None,  # Folder for checkpoints, logs and curves; None: keep nothing on disk
     cache=None,  # A `FeatureCache` of `config.encoder`; needed when the refiner reads SAM features
     resume: bool = False,  # Continue from `run_dir/last.pt`
+    overwrite: bool = False,  # Replace the run in `run_dir` (only a folder that holds one of our runs)
     progress: bool = True,  # Show progress bars
     cbs=(),  # Extra callbacks (e.g. the widget monitor)
     random_weights: bool | None = None,  # Whether the encoder has random weights (decides `model.sam="auto"`); None: from the config
-) -> Learner:  # The learner after fitting: its `history`, `model` and `refiner`
-    "Train a refiner on cached features and noisy boxes, logging and checkpointing into `run_dir`."
+) -> Learner:  # The learner after fitting: its `history`, `model` (the best epoch's weights), `refiner` and `gate`
+    "Train a refiner on cached features and noisy boxes, logging and checkpointing into `run_dir`; then choose its gate."
     train_records, val_records = ([r for r in recs if len(r.boxes)] for recs in (train_records, val_records))  # an image without boxes has no loss
     if not train_records or not val_records: raise NotEnoughData(f"need training and validation images with boxes, got {len(train_records)} and {len(val_records)}")
     if len(val_records) < _world()[1]: raise NotEnoughData(f"{len(val_records)} validation images cannot be shared by {_world()[1]} processes")
-    run_dir = _prepare_run_dir(run_dir, resume)
+    run_dir = _prepare_run_dir(run_dir, resume, overwrite)
     if random_weights is None: random_weights = config.encoder.resolved_checkpoint() is None
     config = dataclasses.replace(config, model=config.model.resolved(random_weights))
     use_sam = config.model.sam != "off"
@@ -649,8 +760,11 @@ def train_refiner(
     interm = cache.encoder.interm_channels if cache is not None else 160
     torch.manual_seed(config.training.seed)
     net = BoxRefinerNet(config.model, interm)
-    refiner = BoxRefiner(net, config.encoder, fingerprint)
     rank, _ = _world()
+    start, line = initial_refiner(config.training.init, net)
+    if start is not None: net.load_state_dict(start.net.state_dict())
+    if rank == 0 and not resume: print(line)
+    refiner = BoxRefiner(net, config.encoder, fingerprint, about=str(run_dir / "best.pt") if run_dir else "the trained refiner")
     if run_dir is not None and rank == 0: save_config(config, run_dir / "config.yaml")
     features = partial(record_inputs, cache=cache, use_sam=use_sam)
     device = run_device(config.training)
@@ -667,6 +781,11 @@ def train_refiner(
     if resume: load_checkpoint(learn, run_dir / "last.pt")
     learn.fit()
     net.eval()
+    learn.gate = choose_min_gain(net, val_records, config, features, device, choice.precision)
+    refiner.min_gain = learn.gate["min_gain"]
+    if rank == 0:
+        print(gate_line(learn.gate))
+        if run_dir is not None: record_gate(run_dir / "best.pt", learn.gate)
     return learn
 
 # %% ../nbs/06_learner.ipynb #40c509c5
@@ -681,7 +800,7 @@ def validate_checkpoint(
     cache=None,  # A `FeatureCache` of the run's encoder, when the refiner reads SAM features
 ) -> dict:  # The validation row, as in `learn.history`
     "The validation metrics of a checkpoint, computed by this process alone, in the precision its run trained in."
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file
+    ckpt = read_refiner_checkpoint(checkpoint)
     config = from_dict(Config, ckpt["config"])
     device = resolve_device(config.training.device)
     net = BoxRefinerNet(config.model, ckpt["extra_state"]["interm_channels"])

@@ -22,7 +22,7 @@ from .encoder import box_masks
 # %% auto #0
 __all__ = ['IOU_THRESHOLDS', 'SMALL_AREA', 'LARGE_AREA', 'METRIC_KEYS', 'TABLE_COLUMNS', 'iou_summary', 'edge_errors',
            'size_buckets', 'box_metrics', 'coco_ap', 'evaluate_boxes', 'noisy_baseline', 'metrics_table',
-           'mask_tight_boxes', 'sam_boxes', 'sam_baseline']
+           'change_shares', 'change_line', 'mask_tight_boxes', 'sam_boxes', 'sam_baseline']
 
 # %% ../nbs/07_metrics.ipynb #123c4eed
 IOU_THRESHOLDS = (0.5, 0.75, 0.9)
@@ -153,6 +153,23 @@ def metrics_table(
     "Metrics dicts as a Markdown table."
     head = f"| {label} | " + " | ".join(columns.values()) + " |\n|" + "---|" * (len(columns) + 1)
     return "\n".join([head] + [f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in columns) + " |" for name, m in rows.items()])
+
+# %% ../nbs/07_metrics.ipynb #48e6f942
+def change_shares(
+    before: Tensor,  # (N,) IoU of the input boxes with the truth
+    after: Tensor,  # (N,) IoU of the output boxes with the truth
+    tol: float = 0.01,  # Changes within this count as unchanged
+) -> dict:  # improved, unchanged, worse, worse_by_0.05: shares of the boxes
+    "The shares of boxes a method improved, left unchanged and made worse (and worse by more than 0.05 IoU)."
+    d = after.double() - before.double()
+    share = lambda m: m.double().mean().item() if len(d) else math.nan
+    return {"improved": share(d > tol), "unchanged": share(d.abs() <= tol), "worse": share(d < -tol),
+            "worse_by_0.05": share(d < -0.05)}
+
+def change_line(shares: dict) -> str:
+    "The shares as one line of text."
+    return (f"{shares['improved']:.0%} of boxes improved, {shares['unchanged']:.0%} unchanged, {shares['worse']:.0%} worse "
+            f"({shares['worse_by_0.05']:.1%} worse by more than 0.05 IoU)")
 
 # %% ../nbs/07_metrics.ipynb #8e413c9e
 def mask_tight_boxes(

@@ -5,7 +5,9 @@
 # %% ../nbs/05_refiner.ipynb #d26d5a31
 from __future__ import annotations
 
+import json
 import math
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -13,7 +15,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import Tensor, nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torchvision.ops import roi_align
 
 from .boxes import check_boxes, clip_boxes, elementwise_iou
@@ -23,8 +28,8 @@ from .loss import LossConfig, box_loss
 # %% auto #0
 __all__ = ['SAM_INPUTS', 'PIXEL_MEAN', 'PIXEL_STD', 'REQUIRED_STATE', 'RefinerConfig', 'context_boxes', 'apply_deltas',
            'CropEncoder', 'image_crops', 'FeatureRoI', 'feature_windows', 'box_geometry', 'NonFiniteOutput',
-           'BoxRefinerNet', 'RefinerLoss', 'refiner_loss', 'EncoderMismatch', 'NotARefinerCheckpoint',
-           'read_refiner_checkpoint', 'BoxRefiner', 'image_inputs', 'image_features', 'refine']
+           'BoxRefinerNet', 'RefinerLoss', 'refiner_loss', 'EncoderMismatch', 'read_safetensors_refiner',
+           'NotARefinerCheckpoint', 'read_refiner_checkpoint', 'BoxRefiner', 'image_inputs', 'Refinement', 'gate_boxes']
 
 # %% ../nbs/05_refiner.ipynb #53994633
 SAM_INPUTS = ("off", "embedding", "embedding+interm", "auto")
@@ -130,7 +135,7 @@ class BoxRefinerNet(nn.Module):
         branches = sum(m is not None for m in (self.crop_net, self.embedding_net, self.interm_net))
         self.geometry = nn.Sequential(nn.Linear(6, 64), nn.ReLU(inplace=True))
         self.trunk = nn.Sequential(nn.Linear(branches * h + 64, h), nn.ReLU(inplace=True), nn.Linear(h, h), nn.ReLU(inplace=True))
-        self.deltas, self.quality = nn.Linear(h, 4), nn.Linear(h, 1)
+        self.deltas, self.quality, self.input_quality = nn.Linear(h, 4), nn.Linear(h, 1), nn.Linear(h, 1)
         nn.init.zeros_(self.deltas.weight); nn.init.zeros_(self.deltas.bias)  # starts as the identity: no box moves
 
     def features(self, batch: dict, boxes: Tensor) -> Tensor:
@@ -147,38 +152,57 @@ class BoxRefinerNet(nn.Module):
         return torch.cat(parts, 1)
 
     def forward(self, batch: dict) -> dict:
-        "boxes: the boxes after each pass (the last is the answer); quality: logits of the predicted IoU of the last."
+        "boxes after each pass (the last is the answer); quality, input_quality: IoU logits of the last and the input box."
         boxes, passes = batch["noisy"], []
         hw = batch["image_hw"][batch["image_index"]]
         for _ in range(self.config.iterations):
             x = self.trunk(self.features(batch, boxes.detach()))
+            if not passes: input_quality = self.input_quality(x).float()[:, 0]  # judged from the input box's own window
             boxes = apply_deltas(boxes.detach(), self.deltas(x).float(), hw)
-            if not torch.isfinite(boxes).all(): raise NonFiniteOutput(f"non-finite prediction in refinement pass {len(passes) + 1}")
+            if not torch.isfinite(boxes).all():
+                raise NonFiniteOutput(f"non-finite prediction in refinement pass {len(passes) + 1}")
             passes.append(boxes)
-        return {"boxes": passes, "quality": self.quality(x).float()[:, 0]}
+        return {"boxes": passes, "quality": self.quality(x).float()[:, 0], "input_quality": input_quality}
 
 # %% ../nbs/05_refiner.ipynb #2b18ed2e
 class RefinerLoss(NamedTuple):
     "The refiner's loss and its parts (each a scalar fp32 tensor)."
-    total: Tensor  # mean over passes of box_loss, plus quality_weight x quality
+    total: Tensor  # mean over passes of box_loss, plus quality_weight x (quality + input_quality)
     l1: Tensor  # L1 part of the last pass
     giou: Tensor  # GIoU part of the last pass
     quality: Tensor  # BCE of the predicted IoU against the last pass's true IoU
+    input_quality: Tensor  # BCE of the input box's predicted IoU against its true IoU
+
+def _quality_loss(logits: Tensor, boxes: Tensor, true: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits, elementwise_iou(boxes.detach(), true).clamp(0, 1))
 
 def refiner_loss(preds: dict, batch: dict, loss_config: LossConfig = LossConfig(), quality_weight: float = 1.0) -> RefinerLoss:
-    "Box loss of every pass (averaged), plus the quality loss: how well the model predicts its own IoU."
+    "Box loss of every pass (averaged), plus the quality losses: how well the model judges its own box and the input box."
     hw = batch["image_hw"][batch["image_index"]]
     parts = [box_loss(b, batch["boxes"], hw, loss_config) for b in preds["boxes"]]
-    iou = elementwise_iou(preds["boxes"][-1].detach(), batch["boxes"]).clamp(0, 1)
-    quality = F.binary_cross_entropy_with_logits(preds["quality"], iou)
-    total = torch.stack([p.total for p in parts]).mean() + quality_weight * quality
-    return RefinerLoss(total, parts[-1].l1, parts[-1].giou, quality)
+    quality = _quality_loss(preds["quality"], preds["boxes"][-1], batch["boxes"])
+    input_quality = _quality_loss(preds["input_quality"], batch["noisy"], batch["boxes"])
+    total = torch.stack([p.total for p in parts]).mean() + quality_weight * (quality + input_quality)
+    return RefinerLoss(total, parts[-1].l1, parts[-1].giou, quality, input_quality)
 
 # %% ../nbs/05_refiner.ipynb #d3699540
 class EncoderMismatch(ValueError):
     "A refiner asked to use features of an encoder other than the one it was trained with."
 
 REQUIRED_STATE = ("model_config", "encoder_config", "encoder_fingerprint", "interm_channels")
+
+def read_safetensors_refiner(path) -> tuple:
+    "(weights, settings) of a refiner saved by `BoxRefiner.save`: tensors and JSON only, nothing is unpickled."
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta, state = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+        extra = json.loads(meta["boxrefine"])
+    except FileNotFoundError: raise FileNotFoundError(f"no refiner at {path}") from None
+    except (KeyError, ValueError, OSError, SafetensorError) as e:
+        raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner: {type(e).__name__}: {e}") from None
+    missing = [k for k in REQUIRED_STATE if k not in extra]
+    if missing: raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner: its metadata lacks {missing}")
+    return state, extra
 
 class NotARefinerCheckpoint(ValueError):
     "A file that is not a boxrefine refiner checkpoint."
@@ -188,7 +212,7 @@ def read_refiner_checkpoint(path) -> dict:
     path = Path(path)
     path = path / "best.pt" if path.is_dir() else path
     if not path.is_file(): raise FileNotFoundError(f"no refiner checkpoint at {path}")
-    try: ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds plain configs and RNG states
+    try: ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no pickled code runs
     except Exception as e: raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: {type(e).__name__}: {e}") from None
     if not isinstance(ckpt, dict): raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: it holds a {type(ckpt).__name__}")
     missing = [k for k in REQUIRED_STATE if k not in (ckpt.get("extra_state") or {})] + ["model"] * ("model" not in ckpt)
@@ -198,26 +222,43 @@ def read_refiner_checkpoint(path) -> dict:
 # %% ../nbs/05_refiner.ipynb #9b638ef9
 class BoxRefiner:
     "A trained refiner with the settings of the encoder whose features it was trained on."
-    def __init__(self, net: BoxRefinerNet, encoder_config: EncoderConfig, fingerprint: str):
+    def __init__(self, net: BoxRefinerNet, encoder_config: EncoderConfig, fingerprint: str | None, min_gain: float = 0.0,
+                 about: str = ""):
         self.net, self.encoder_config, self.fingerprint, self._encoder = net.eval(), encoder_config, fingerprint, None
+        self.min_gain = min_gain  # Keep the input box unless refining it is predicted to gain at least this much IoU
+        self.about = about  # Where the weights come from, said to the user
+
+    @classmethod
+    def from_state(cls, state: dict, extra: dict, about: str) -> "BoxRefiner":
+        "A refiner from its weights and `extra_state`; a mismatch of weights and settings is `NotARefinerCheckpoint`."
+        net = BoxRefinerNet(RefinerConfig(**extra["model_config"]), extra["interm_channels"])
+        try: net.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise NotARefinerCheckpoint(f"{about}: its weights do not fit this version's refiner ({first}): retrain") from None
+        return cls(net, EncoderConfig(**extra["encoder_config"]), extra["encoder_fingerprint"], extra.get("min_gain", 0.0), about)
 
     @classmethod
     def load(cls, path) -> "BoxRefiner":
-        "Load from a run folder (its best.pt) or a checkpoint file, on the CPU."
+        "Load from a run folder (its best.pt), a checkpoint file or a safetensors refiner (`save`), on the CPU."
+        path = Path(path)
+        if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes zip archives
+            return cls.from_state(*read_safetensors_refiner(path), about=str(path))
         ckpt = read_refiner_checkpoint(path)
-        extra = ckpt["extra_state"]
-        net = BoxRefinerNet(RefinerConfig(**extra["model_config"]), extra["interm_channels"])
-        net.load_state_dict(ckpt["model"])
-        return cls(net, EncoderConfig(**extra["encoder_config"]), extra["encoder_fingerprint"])
+        extra = {**ckpt["extra_state"], "min_gain": ckpt.get("min_gain", 0.0)}
+        return cls.from_state(ckpt["model"], extra, about=str(path / "best.pt" if path.is_dir() else path))
 
     def extra_state(self) -> dict:
         "What a checkpoint must hold besides the weights to rebuild this refiner."
         return {"model_config": asdict(self.net.config), "encoder_config": asdict(self.encoder_config),
                 "encoder_fingerprint": self.fingerprint, "interm_channels": self.net.interm_channels}
 
-    def save(self, path) -> None:
-        "Save the weights and settings only (no optimizer): a small file for inference."
-        torch.save({"model": self.net.state_dict(), "extra_state": self.extra_state()}, path)
+    def save(self, path, **info) -> None:
+        "Save the weights and settings only (no optimizer, no pickle) as safetensors; `info`: more JSON-ready metadata."
+        meta = {**self.extra_state(), "min_gain": self.min_gain, **info}
+        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(path),
+                  metadata={"boxrefine": json.dumps(meta)})
+
 
     def check_encoder(self, fingerprint: str, where: str) -> None:
         "Refuse features from an encoder other than the training one (a refiner that reads no SAM features accepts any)."
@@ -227,7 +268,8 @@ class BoxRefiner:
                                   f"seed {self.encoder_config.seed}) or retrain")
 
 # %% ../nbs/05_refiner.ipynb #bbd6497a
-def _encoder(self: BoxRefiner) -> Encoder:
+@patch
+def training_encoder(self: BoxRefiner) -> Encoder:
     "The training encoder, built on first use and checked against the stored fingerprint."
     if self._encoder is None:
         encoder = Encoder(self.encoder_config)
@@ -245,31 +287,64 @@ def image_inputs(
     if sam_features is not None: feats.update({k: sam_features[k] for k in ("image_embedding", "interm_embedding")})
     return feats
 
+@patch
 def image_features(self: BoxRefiner, rgb: np.ndarray, cache=None) -> dict:
     "The network's per-image inputs for one RGB image, batched (a batch of one)."
     sam = None
-    if self.net.config.sam != "off": sam = cache.get(rgb) if cache is not None else self._encoder_().encode([rgb])[0]
+    if self.net.config.sam != "off": sam = cache.get(rgb) if cache is not None else self.training_encoder().encode([rgb])[0]
     return {k: v[None] for k, v in image_inputs(rgb, sam).items()}
 
+class Refinement(NamedTuple):
+    "The refiner's answer for N boxes."
+    boxes: Tensor  # (N, 4) the answer: the refined box where it is predicted to gain enough, else the input box
+    quality: Tensor  # (N,) predicted IoU of each answer
+    proposed: Tensor  # (N, 4) the refined boxes, before the gate
+    input_quality: Tensor  # (N,) predicted IoU of each input box
+    moved: Tensor  # (N,) bool: the answer is the refined box
+
+def gate_boxes(
+    inputs: Tensor,  # (N, 4) input boxes
+    proposed: Tensor,  # (N, 4) refined boxes
+    quality: Tensor,  # (N,) predicted IoU of the refined boxes
+    input_quality: Tensor,  # (N,) predicted IoU of the input boxes
+    min_gain: float,  # Move a box only when its predicted IoU grows by at least this
+) -> Refinement:
+    "Do no harm: keep each input box unless the refined one is predicted to be better by at least `min_gain`."
+    moved = quality - input_quality >= min_gain
+    return Refinement(torch.where(moved[:, None], proposed, inputs), torch.where(moved, quality, input_quality),
+                      proposed, input_quality, moved)
+
+@patch
 @torch.no_grad()
+def refine_boxes(
+    self: BoxRefiner,
+    image,  # A path, PIL image or uint8 array
+    boxes,  # (N, 4) xyxy pixel boxes: numpy array or tensor
+    cache=None,  # A `FeatureCache` of the training encoder, or None to encode directly
+    min_gain: float | None = None,  # The gate's margin; None: the refiner's own (chosen on validation data)
+) -> Refinement:  # Tensors, boxes clipped to the image
+    "Refine the boxes of one image, with everything the refiner says about each."
+    if cache is not None: self.check_encoder(cache.fingerprint, f"the feature cache at {cache.root}")
+    rgb = load_rgb(image)
+    start = torch.as_tensor(np.asarray(boxes, np.float32)) if not isinstance(boxes, Tensor) else boxes.detach().cpu().float()
+    hw = torch.tensor([rgb.shape[:2]], dtype=torch.float32)
+    start = clip_boxes(check_boxes(start.reshape(-1, 4), "boxes"), hw[0])
+    if len(start) == 0: return Refinement(start, start.new_zeros(0), start, start.new_zeros(0), torch.zeros(0, dtype=torch.bool))
+    batch = {"features": self.image_features(rgb, cache), "image_hw": hw, "image_index": torch.zeros(len(start), dtype=torch.long),
+             "noisy": start}
+    out = self.net(batch)
+    return gate_boxes(start, out["boxes"][-1], torch.sigmoid(out["quality"]), torch.sigmoid(out["input_quality"]),
+                      self.min_gain if min_gain is None else min_gain)
+
+@patch
 def refine(
     self: BoxRefiner,
     image,  # A path, PIL image or uint8 array
     boxes,  # (N, 4) xyxy pixel boxes: numpy array or tensor
     cache=None,  # A `FeatureCache` of the training encoder, or None to encode directly
+    min_gain: float | None = None,  # The gate's margin; None: the refiner's own
 ) -> tuple:  # refined boxes and qualities, numpy if `boxes` was numpy, else tensors
-    "Refine the boxes of one image."
-    if cache is not None: self.check_encoder(cache.fingerprint, f"the feature cache at {cache.root}")
-    rgb = load_rgb(image)
-    as_numpy = not isinstance(boxes, Tensor)
-    start = check_boxes(torch.as_tensor(np.asarray(boxes, np.float32) if as_numpy else boxes.detach().cpu().float()).reshape(-1, 4), "boxes")
-    hw = torch.tensor([rgb.shape[:2]], dtype=torch.float32)
-    if len(start) == 0: refined, quality = start.clone(), start.new_zeros(0)
-    else:
-        batch = {"features": self.image_features(rgb, cache), "image_hw": hw, "image_index": torch.zeros(len(start), dtype=torch.long),
-                 "noisy": clip_boxes(start, hw[0])}
-        out = self.net(batch)
-        refined, quality = out["boxes"][-1], torch.sigmoid(out["quality"])
-    return (refined.numpy(), quality.numpy()) if as_numpy else (refined, quality)
+    "Refine the boxes of one image: the answer boxes and their predicted IoU."
+    out = self.refine_boxes(image, boxes, cache, min_gain)
+    return (out.boxes.numpy(), out.quality.numpy()) if not isinstance(boxes, Tensor) else (out.boxes, out.quality)
 
-BoxRefiner._encoder_, BoxRefiner.image_features, BoxRefiner.refine = _encoder, image_features, refine

@@ -22,9 +22,13 @@ def test_demo_trains_prints_the_tables_and_writes_the_pictures_twice(tmp_path):
         assert [r["r"] for r in rows] == [0.1, 0.2, 0.4]
         assert 0.75 < rows[0]["mean_iou"] < 0.87 and 0.6 < rows[1]["mean_iou"] < 0.72 and 0.4 < rows[2]["mean_iou"] < 0.52
         assert all(0 < r["loss"] < 5 and r["pixel_l1"] > 10 * r["loss"] for r in rows)
-        table = {l.split("|")[1].strip(): [float(v) for v in l.split("|")[2:-1]] for l in lines if l.startswith(("| noisy", "| refined"))}
-        assert set(table) == {"noisy", "refined"} and abs(table["noisy"][0] - 0.673) < 0.01  # mean IoU of the 8 validation images' noisy boxes
-        assert 0.5 < table["refined"][0] <= 1
+        table = {l.split("|")[1].strip(): [float(v) for v in l.split("|")[2:-1]] for l in lines
+                 if l.startswith(("| noisy", "| prior", "| fine-tuned"))}
+        assert set(table) == {"noisy", "prior", "fine-tuned"}
+        assert abs(table["noisy"][0] - 0.673) < 0.01  # mean IoU of the 8 validation images' noisy boxes
+        assert table["prior"][0] > table["noisy"][0] + 0.05 and 0.5 < table["fine-tuned"][0] <= 1  # the prior helps before training
+        assert any(l.startswith("before training: the shipped prior") for l in lines)
+        assert any(l.startswith("fine-tuned: ") and "% of boxes improved" in l for l in lines)
         with Image.open(tmp_path / "out" / "noise.png") as im: assert im.size[0] > 1000 and im.size[1] > 300
         with Image.open(tmp_path / "out" / "refined.png") as im: assert im.size[0] >= 600
         assert (tmp_path / "out" / "run" / "best.pt").exists() and len((tmp_path / "out" / "run" / "metrics.jsonl").read_text().splitlines()) == 3
@@ -73,7 +77,7 @@ def test_eval_command_writes_the_contract(tmp_path):
     result = json.loads(out.read_text())
     assert (result["n_images"], result["noise"], result["seed"], result["split"]) == (2, 0.2, 0, "val")
     assert result["n_boxes"] == result["methods"]["noisy"]["n_boxes"] > 0
-    assert set(result["methods"]) == {"noisy", "sam"} and "refined" not in result["methods"]
+    assert set(result["methods"]) == {"noisy", "sam", "refined"} and result["refiner"].startswith("the shipped prior")
     for method in result["methods"].values(): assert set(METRIC_KEYS) <= set(method)
     assert result["encoder"]["random_weights"] is True and "RANDOM weights" in done.stdout
     assert "| noisy |" in done.stdout and "| sam |" in done.stdout
@@ -84,7 +88,7 @@ def test_eval_noisy_baseline_on_bccd_test(bccd_annotations, tmp_path):
     done = run("eval", "--ann", str(bccd_annotations), "--images", str(bccd_annotations.parent / "images"), "--no-sam", "--json", str(out))
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    assert (result["n_images"], result["split"], set(result["methods"])) == (72, "test", {"noisy"})
+    assert (result["n_images"], result["split"], set(result["methods"])) == (72, "test", {"noisy", "refined"})
     assert abs(result["methods"]["noisy"]["mean_iou"] - 0.66) < 0.03
 
 
@@ -103,7 +107,7 @@ def test_eval_and_demo_never_overwrite_what_they_did_not_make(tmp_path):
     bad_noise = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--noise", "1.5")
     assert bad_noise.returncode == 2 and "--noise must be in [0, 1)" in bad_noise.stderr and "Traceback" not in bad_noise.stderr
     not_a_run = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--run", str(existing))
-    assert not_a_run.returncode == 2 and "is not a boxrefine refiner checkpoint" in not_a_run.stderr and "Traceback" not in not_a_run.stderr
+    assert not_a_run.returncode == 2 and "is not a boxrefine refiner" in not_a_run.stderr and "Traceback" not in not_a_run.stderr
     (tmp_path / "demo" / "run").mkdir(parents=True)
     (tmp_path / "demo" / "run" / "mine.txt").write_text("keep me")
     demo = run("demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
@@ -124,3 +128,23 @@ def test_eval_scores_systematic_errors_and_refuses_unknown_kinds(tmp_path):
     bad = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--errors", "jitter:1 rotated:1")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "unknown kind 'rotated'" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_refine_and_eval_use_the_prior_and_report_what_the_gate_did(tmp_path):
+    "Without --run the shipped prior refines; a margin above any predicted gain keeps every input box."
+    out = tmp_path / "refined.json"
+    done = run("refine", *SAMPLE, "--max-images", "3", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "refiner: the shipped prior (" in done.stdout and "kept" in done.stdout
+    anns = [a for a in json.loads(out.read_text())["annotations"] if "quality" in a]
+    assert anns and all(isinstance(a["moved"], bool) and 0 <= a["quality"] <= 1 for a in anns)
+    assert any(a["moved"] for a in anns)  # the sample's boxes are its true boxes: the prior moves some, keeps others
+    kept = tmp_path / "kept.json"
+    assert run("refine", *SAMPLE, "--max-images", "3", "--out", str(kept), "--min-gain", "2").returncode == 0
+    assert all(a["bbox"] == a["bbox_input"] and not a["moved"] for a in json.loads(kept.read_text())["annotations"] if "moved" in a)
+    done = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--errors", "clean", "--json", str(tmp_path / "e.json"))
+    assert done.returncode == 0, done.stderr
+    refined = json.loads((tmp_path / "e.json").read_text())["methods"]["refined"]
+    assert abs(refined["improved"] + refined["unchanged"] + refined["worse"] - 1) < 1e-9
+    assert refined["mean_iou"] > 0.95 and refined["worse_by_0.05"] < 0.05  # clean boxes: do no harm
+    assert "% of boxes improved" in done.stdout and "unchanged" in done.stdout

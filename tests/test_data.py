@@ -260,3 +260,37 @@ def test_loader_accounts_for_every_box(tmp_path, case, min_size):
               if min(bw, bh) >= max(min_size, 1) and x >= 0 and y >= 0 and x + bw <= w and y + bh <= h}
     kept_ids = {a["id"] for a in anns} - {i for ids in report.dropped.values() for i in ids}
     assert inside <= kept_ids and not inside & set(report.clipped)
+
+
+def _coco_file(tmp_path, images=None, annotations=None):
+    import json as _json
+    from boxrefine.data import sample_paths
+    coco = _json.loads(sample_paths().annotations.read_text())
+    if images is not None: coco["images"] = images(coco["images"])
+    if annotations is not None: coco["annotations"] = annotations(coco["annotations"])
+    path = tmp_path / "instances.json"
+    path.write_text(_json.dumps(coco))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(annotations=lambda a: a + [dict(a[0])]), "annotation ids must be unique"),
+    (dict(annotations=lambda a: [{**a[0], "iscrowd": "0"}] + a[1:]), "has iscrowd '0'"),
+    (dict(images=lambda im: [{**im[0], "file_name": "/etc/passwd"}] + im[1:]), "file_name must be relative"),
+    (dict(images=lambda im: [{**im[0], "file_name": "../outside.jpg"}] + im[1:]), "file_name must be relative"),
+    (dict(images=lambda im: [{**im[0], "file_name": 7}] + im[1:]), "file_name must be a non-empty string"),
+    (dict(annotations=lambda a: [{**a[0], "id": [1, 2]}] + a[1:]), "an annotation id must be an integer or a string"),
+])
+def test_coco_records_that_would_give_wrong_boxes_are_refused(tmp_path, change, message):
+    from boxrefine.data import CocoError, load_coco, sample_paths
+    path = _coco_file(tmp_path, **change)
+    with pytest.raises(CocoError, match=message) as e: load_coco(path, sample_paths().images, verbose=False)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_iscrowd_accepts_numbers_and_booleans(tmp_path):
+    from boxrefine.data import load_coco, sample_paths
+    path = _coco_file(tmp_path, annotations=lambda a: [{**a[0], "iscrowd": False}, {**a[1], "iscrowd": True}] + a[2:])
+    data = load_coco(path, sample_paths().images, verbose=False)
+    second = json.loads(path.read_text())["annotations"][1]["id"]
+    assert data.report.dropped["crowd"] == [second]  # true is a crowd box (dropped as such), false is not

@@ -33,7 +33,7 @@ def cli_run(tmp_path_factory):
 
 def test_train_command_writes_the_run(cli_run):
     out, done = cli_run
-    assert {p.name for p in out.iterdir()} == {"best.pt", "last.pt", "metrics.jsonl", "config.yaml", "curves.png", "monitor-boxes.png", "monitor-curves.png"}
+    assert {p.name for p in out.iterdir()} == {".boxrefine-run", "best.pt", "last.pt", "metrics.jsonl", "config.yaml", "curves.png", "monitor-boxes.png", "monitor-curves.png"}
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     assert all(0 < r["train_loss"] < 5 and 0 < r["val_loss"] < 5 and 0 < r["val_mean_iou"] <= 1 for r in rows)  # never in the hundreds
@@ -163,3 +163,74 @@ def test_refine_a_single_box_and_boxes_on_the_border(cli_run):
     assert refined.shape == (4, 4) and np.isfinite(refined).all()
     assert (refined[:, :2] >= 0).all() and (refined[:, 2] <= w).all() and (refined[:, 3] <= h).all()
     assert (refined[:, 2:] > refined[:, :2]).all()
+
+
+def test_split_records_reads_valid_and_never_uses_test_images():
+    "Roboflow's `valid` is the validation split; without train + validation splits, test images stay out of both."
+    from boxrefine.data import ImageBoxes
+    def rec(i, split): return ImageBoxes(i, f"{i}.jpg", None, (10, 10), split, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    data = load_config().data
+    train, val = split_records([rec(1, "train"), rec(2, "valid"), rec(3, "test"), rec(4, "train")], data)
+    assert ([r.id for r in train], [r.id for r in val]) == ([1, 4], [2])
+    train, val = split_records([rec(i, "test" if i < 5 else None) for i in range(20)], data)
+    assert {r.id for r in train + val} == set(range(5, 20)) and len(val) == 3
+
+
+def test_train_starts_from_the_prior_and_writes_the_gate_into_best(cli_run, tmp_path):
+    "The default run fine-tunes the shipped prior; --from-scratch does not; best.pt carries the chosen margin."
+    out, done = cli_run
+    assert "starting from the shipped prior (" in done.stdout and "gate: min_gain" in done.stdout
+    assert -0.1 <= BoxRefiner.load(out).min_gain <= 0.2
+    scratch = run("train", *SAMPLE, "--out", str(tmp_path / "s"), "--epochs", "1", "--max-images", "2", "--from-scratch")
+    assert scratch.returncode == 0, scratch.stderr
+    assert "starting from random weights (training.init: scratch)" in scratch.stdout
+
+
+class _RunsCode:
+    "A pickle that runs code when unpickled (the attack `weights_only=True` stops)."
+    def __init__(self, target): self.target = target
+    def __reduce__(self): return (open, (str(self.target), "w"))
+
+
+def test_a_malicious_checkpoint_runs_nothing_and_gets_one_line(tmp_path):
+    proof = tmp_path / "pwned"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    torch.save({"model": _RunsCode(proof), "extra_state": {}}, evil / "best.pt")
+    torch.save({"model": _RunsCode(proof)}, evil / "last.pt")
+    (evil / ".boxrefine-run").write_text("")
+    (evil / "config.yaml").write_text("{}\n")
+    for args in (["refine", "--run", str(evil), *SAMPLE, "--max-images", "1", "--out", str(tmp_path / "o.json")],
+                 ["eval", "--run", str(evil), *SAMPLE, "--split", "val", "--max-images", "1", "--no-sam"],
+                 ["train", *SAMPLE, "--out", str(evil), "--resume", "--epochs", "2"]):
+        done = run(*args)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (args[0], done.stderr)
+        assert "is not a boxrefine refiner checkpoint" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        assert not proof.exists(), f"{args[0]} ran code from a checkpoint"
+
+
+def test_train_never_writes_into_a_folder_that_is_not_its_run(tmp_path, cli_run):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own settings\n")
+    (mine / "best.pt").write_bytes(b"my own model")
+    done = run("train", *SAMPLE, "--out", str(mine), "--epochs", "1", "--max-images", "2")
+    assert done.returncode == 2 and "is not empty and is not a boxrefine run" in done.stderr
+    assert (mine / "config.yaml").read_text() == "my own settings\n" and (mine / "best.pt").read_bytes() == b"my own model"
+    again = run("train", *SAMPLE, "--out", str(mine), "--epochs", "1", "--max-images", "2", "--overwrite")
+    assert again.returncode == 2 and (mine / "best.pt").read_bytes() == b"my own model"  # --overwrite replaces only our runs
+    out, _ = cli_run
+    done = run("train", *SAMPLE, "--out", str(out), "--epochs", "1", "--max-images", "2")
+    assert done.returncode == 2 and "already holds a run" in done.stderr and "--overwrite" in done.stderr
+
+
+def test_resume_drops_epochs_logged_after_the_last_checkpoint(tmp_path):
+    "A kill between the log line and the checkpoint leaves an extra line; the resumed log has each epoch once."
+    out = tmp_path / "run"
+    first = run("train", *SAMPLE, "--out", str(out), "--epochs", "1", "--max-images", "2", "--from-scratch")
+    assert first.returncode == 0, first.stderr
+    log = out / "metrics.jsonl"
+    log.write_text(log.read_text() * 2)  # epoch 0 logged twice, as after a kill and a replay
+    done = run("train", *SAMPLE, "--out", str(out), "--resume", "--epochs", "2")
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(l)["epoch"] for l in log.read_text().splitlines()] == [0, 1]

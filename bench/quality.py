@@ -1,0 +1,127 @@
+"""Refinement beyond one dataset: the shipped prior, leave-one-dataset-out, and small data (issue 12's table).
+
+    python bench/quality.py prior --sets bccd aquarium license_plates --out boxrefine/weights/prior.safetensors
+    python bench/quality.py table --json bench/quality.json
+
+`prior` trains a refiner from scratch on the train splits of the named sets in ../shared/data (validation on
+their val/valid splits picks the best epoch and the gate) and saves it as safetensors with its provenance.
+`table`, for each set S: trains a prior on the other two sets (S is never seen), scores it on S's test split
+(no training on S), then fine-tunes it with the default settings on 25, 50, 100 and all of S's training
+images (validation: S's val split) and scores each on S's test split. Input errors: clean boxes, OA-MIL
+jitter at r = 0.1 and 0.2, boxes too large, too small, shifted and with one edge off at level 0.2 (seed 0).
+Tuning data only feeds training and the gate: test images are read only for scoring.
+"""
+import argparse
+import json
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+SETS = ("bccd", "aquarium", "license_plates")
+INPUTS = (("clean", 0.2), ("jitter", 0.1), ("jitter", 0.2), ("larger", 0.2), ("smaller", 0.2), ("shift", 0.2), ("edge", 0.2))
+SIZES = (25, 50, 100, None)
+
+
+def load(name):
+    from boxrefine.data import load_coco
+    from boxrefine.learner import VAL_SPLITS
+    records = load_coco(DATA / name / "instances.json", DATA / name / "images", verbose=False).records
+    split = {s: [r for r in records if r.split == s] for s in ("train", "test")}
+    return split["train"], [r for r in records if r.split in VAL_SPLITS], split["test"]
+
+
+def subset(records, n):
+    "A seeded choice of n training images (all with n None)."
+    from boxrefine.boxes import _stable_int
+    return records if n is None else sorted(records, key=lambda r: _stable_int((0, r.id)))[:n]
+
+
+def train(train_records, val_records, init, settings=()):
+    from boxrefine.learner import load_config, train_refiner
+    config = load_config(overrides=[f"training.init={init}", *settings])
+    with tempfile.TemporaryDirectory() as run:
+        learn = train_refiner(config, train_records, val_records, Path(run) / "run", progress=False)
+    return learn.refiner, config
+
+
+def score(refiner, records, inputs=INPUTS):
+    "Per kind of input error: mean IoU of the input and of the answer, and the change shares."
+    from boxrefine.boxes import elementwise_iou
+    from boxrefine.cli import refine_records
+    from boxrefine.data import NoiseConfig
+    from boxrefine.metrics import change_shares
+    rows = {}
+    for kind, r in inputs:
+        noise = NoiseConfig(r=r, seed=0, errors=kind)
+        noisy = [noise.noisy(x) for x in records]
+        out = refine_records(refiner, records, noisy, progress=False)
+        before = torch.cat([elementwise_iou(n, x.boxes) for n, x in zip(noisy, records)])
+        after = torch.cat([elementwise_iou(o.boxes, x.boxes) for o, x in zip(out, records)])
+        rows[f"{kind} {r}" if kind == "jitter" else kind] = {"input": before.mean().item(), "output": after.mean().item(),
+                                                           **change_shares(before, after)}
+    return rows
+
+
+def prior_command(args):
+    from boxrefine.machine import cpu_description
+    parts = [load(s) for s in args.sets]
+    tr, va = [r for p in parts for r in p[0]], [r for p in parts for r in p[1]]
+    start = time.perf_counter()
+    refiner, config = train(tr, va, "scratch", [f"training.epochs={args.epochs}"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    about = f"{' + '.join(args.sets)} train splits, {len(tr)} images, {sum(len(r.boxes) for r in tr)} boxes"
+    refiner.save(args.out, trained_on=about, training=f"{args.epochs} epochs from scratch, defaults otherwise, "
+                 f"{time.perf_counter() - start:.0f} s on {cpu_description()}", made_by="python bench/quality.py prior")
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB): {about}, min_gain {refiner.min_gain:+.2f}")
+
+
+def table_command(args):
+    from boxrefine.machine import cpu_description
+    results = {"cpu": cpu_description(), "prior_epochs": args.prior_epochs, "sets": {}}
+    for held in args.sets:
+        others = [s for s in SETS if s != held]
+        parts = [load(s) for s in others]
+        tr, va, te = load(held)
+        start = time.perf_counter()
+        prior, _ = train([r for p in parts for r in p[0]], [r for p in parts for r in p[1]], "scratch",
+                         [f"training.epochs={args.prior_epochs}"])
+        with tempfile.TemporaryDirectory() as d:
+            prior_file = Path(d) / "prior.safetensors"
+            prior.save(prior_file, trained_on=" + ".join(others))
+            row = {"prior_on": others, "prior_seconds": round(time.perf_counter() - start), "prior": score(prior, te), "trained": {}}
+            print(held, "prior only:", json.dumps(row["prior"]), flush=True)
+            for n in SIZES:
+                start = time.perf_counter()
+                refiner, _ = train(subset(tr, n), va, str(prior_file))
+                key = "all" if n is None else str(n)
+                row["trained"][key] = {"images": len(subset(tr, n)), "seconds": round(time.perf_counter() - start),
+                                       "min_gain": refiner.min_gain, **score(refiner, te)}
+                print(held, key, json.dumps(row["trained"][key]), flush=True)
+        results["sets"][held] = row
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("prior")
+    a.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    a.add_argument("--out", type=Path, required=True)
+    a.add_argument("--epochs", type=int, default=30)
+    a.set_defaults(handler=prior_command)
+    t = sub.add_parser("table")
+    t.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    t.add_argument("--prior-epochs", type=int, default=30)
+    t.add_argument("--json", type=Path, default=Path(__file__).with_name("quality.json"))
+    t.set_defaults(handler=table_command)
+    args = p.parse_args()
+    warnings.simplefilter("ignore")
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()
