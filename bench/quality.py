@@ -1,10 +1,12 @@
 """Refinement beyond one dataset: the shipped prior, leave-one-dataset-out, and small data (issue 12's table).
 
     python bench/quality.py prior --sets bccd aquarium license_plates --out boxrefine/weights/prior.safetensors
+    python bench/quality.py gate boxrefine/weights/prior.safetensors
     python bench/quality.py table --json bench/quality.json
 
 `prior` trains a refiner from scratch on the train splits of the named sets in ../shared/data (validation on
 their val/valid splits picks the best epoch and the gate) and saves it as safetensors with its provenance.
+`gate` chooses a refiner file's do-no-harm margin again on those val splits (after a change of the rule).
 `table`, for each set S: trains a prior on the other two sets (S is never seen), scores it on S's test split
 (no training on S), then fine-tunes it with the default settings on 25, 50, 100 and all of S's training
 images (validation: S's val split) and scores each on S's test split. Input errors: clean boxes, OA-MIL
@@ -79,6 +81,22 @@ def prior_command(args):
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB): {about}, min_gain {refiner.min_gain:+.2f}")
 
 
+def gate_command(args):
+    "Choose the gate's margin of a refiner file again, on the val splits of the sets it was trained on, and save it in place."
+    from safetensors import safe_open
+    from boxrefine.learner import Config, choose_min_gain, gate_line, record_inputs
+    from boxrefine.refiner import BoxRefiner
+    from functools import partial
+    refiner = BoxRefiner.load(args.refiner)
+    with safe_open(str(args.refiner), "pt") as f: info = json.loads(f.metadata()["boxrefine"])
+    val = [r for s in args.sets for r in load(s)[1]]
+    gate = choose_min_gain(refiner.net, val, Config(), partial(record_inputs, use_sam=False), torch.device("cpu"), "fp32")
+    print(gate_line(gate))
+    refiner.min_gain = gate["min_gain"]
+    refiner.save(args.refiner, **{k: v for k, v in info.items() if k in ("trained_on", "training", "made_by")},
+                 gate=f"chosen by python bench/quality.py gate on {' + '.join(args.sets)} val splits")
+
+
 def table_command(args):
     from boxrefine.machine import cpu_description
     results = {"cpu": cpu_description(), "prior_epochs": args.prior_epochs, "sets": {}}
@@ -113,6 +131,10 @@ def main():
     a.add_argument("--out", type=Path, required=True)
     a.add_argument("--epochs", type=int, default=30)
     a.set_defaults(handler=prior_command)
+    g = sub.add_parser("gate")
+    g.add_argument("refiner", type=Path)
+    g.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    g.set_defaults(handler=gate_command)
     t = sub.add_parser("table")
     t.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     t.add_argument("--prior-epochs", type=int, default=30)

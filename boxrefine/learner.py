@@ -67,6 +67,7 @@ class DataConfig:
         if not 0 < self.val_fraction < 1: raise ValueError(f"data val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.batch_size < 1: raise ValueError(f"data batch_size must be >= 1, got {self.batch_size}")
         if self.max_boxes is not None and self.max_boxes < 1: raise ValueError(f"data max_boxes must be >= 1 or null, got {self.max_boxes}")
+        if self.num_workers < 0: raise ValueError(f"data num_workers must be >= 0, got {self.num_workers}")
         self.train_noise_config(), self.gate_noise_config()  # check the error mixes
 
     def train_noise_config(self) -> NoiseConfig:
@@ -103,8 +104,10 @@ class TrainConfig:
         if self.precision not in PRECISIONS: raise ValueError(f"training precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.patience is not None and self.patience < 1: raise ValueError(f"training patience must be >= 1 or null, got {self.patience}")
         if self.device != "auto":
-            try: torch.device(self.device)
+            try: device = torch.device(self.device)
             except RuntimeError: raise ValueError(f"training device must be auto, cpu, cuda, cuda:N, ..., got {self.device!r}") from None
+            if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+                raise ValueError(f"training device {self.device!r} does not exist here ({torch.cuda.device_count()} CUDA devices)")
 
 @dataclass(frozen=True)
 class Config:
@@ -128,8 +131,10 @@ def _coerce(value, hint, key: str):
     if hint is bool and isinstance(value, bool): return value
     if hint is int and isinstance(value, int) and not isinstance(value, bool): return value
     if hint is float and not isinstance(value, bool):
-        try: return float(value)
-        except (TypeError, ValueError): pass
+        try: number = float(value)
+        except (TypeError, ValueError): number = None
+        if number is not None and not math.isfinite(number): raise ConfigError(f"config key {key} must be a finite number, got {value!r}")
+        if number is not None: return number
     if hint is str and isinstance(value, str): return value
     if hint is str and isinstance(value, bool): return "off" if value is False else "on"  # YAML 1.1 reads off/on/no/yes as booleans
     if hint is tuple and isinstance(value, (list, tuple)): return tuple(_coerce(v, float, key) for v in value)
@@ -636,7 +641,7 @@ def split_records(records: list, data: DataConfig) -> tuple:
     val_ids = {r.id for r in order[:n_val]}
     return [r for r in records if r.id not in val_ids], [r for r in records if r.id in val_ids]
 
-# %% ../nbs/06_learner.ipynb #d4e9b9a7
+# %% ../nbs/06_learner.ipynb #c425c1e2
 GATE_MARGINS = tuple(round(float(m), 2) for m in np.arange(-0.10, 0.205, 0.01))
 
 class GainCB(Callback):
@@ -650,16 +655,24 @@ class GainCB(Callback):
         self.rows.append(torch.stack([*ious, gain.float()], 1).cpu())
     def after_fit(self, learn): self.table = _gather_over_ranks(torch.cat(self.rows) if self.rows else torch.zeros(0, 3))
 
+def _harm(input_iou: Tensor, gated_iou: Tensor, good: float = 0.95) -> float:
+    "The share of good input boxes (IoU >= `good`) that the gated answer makes worse by more than 0.05 IoU."
+    sel = input_iou >= good
+    return (gated_iou[sel] < input_iou[sel] - 0.05).double().mean().item() if sel.any() else 0.0
+
 def best_min_gain(
     input_iou: Tensor,  # (N,) IoU of each input box
     refined_iou: Tensor,  # (N,) IoU of each refined box
     gain: Tensor,  # (N,) predicted gain of each
     margins=GATE_MARGINS,  # Candidate margins
     tie: float = 1e-4,  # Margins within this of the best mean IoU count as ties
-) -> float:  # The largest margin among the best
-    "The margin whose gated boxes have the highest mean IoU; among near-ties, the most cautious."
-    scores = [torch.where(gain >= m, refined_iou, input_iou).mean().item() for m in margins]
-    return max(m for m, s in zip(margins, scores) if s >= max(scores) - tie)
+    max_harm: float = 0.02,  # Most of the good input boxes (IoU >= 0.95) that may be made worse by more than 0.05
+) -> float:  # The largest margin among the best allowed
+    "The margin whose gated boxes have the highest mean IoU while harming at most `max_harm` of the good boxes; among near-ties, the most cautious."
+    gated = {m: torch.where(gain >= m, refined_iou, input_iou) for m in margins}
+    allowed = [m for m in margins if _harm(input_iou, gated[m]) <= max_harm] or [max(margins)]
+    scores = {m: gated[m].mean().item() for m in allowed}
+    return max(m for m, s in scores.items() if s >= max(scores.values()) - tie)
 
 def choose_min_gain(net, records: list, config: Config, features, device, precision: str) -> dict:
     "The gate's margin, chosen on `records` with every kind of box error; and what the gate does there."
@@ -671,13 +684,14 @@ def choose_min_gain(net, records: list, config: Config, features, device, precis
     gated = torch.where(gain >= m, refined_iou, input_iou)
     return {"min_gain": m, "boxes": len(gain), "input_mean_iou": input_iou.mean().item(),
             "refined_mean_iou": refined_iou.mean().item(), "gated_mean_iou": gated.mean().item(),
-            "moved": (gain >= m).float().mean().item(), "worse_by_0.05": (gated < input_iou - 0.05).float().mean().item()}
+            "moved": (gain >= m).float().mean().item(), "worse_by_0.05": (gated < input_iou - 0.05).float().mean().item(),
+            "good_boxes_harmed": _harm(input_iou, gated)}
 
 def gate_line(gate: dict) -> str:
     "What the chosen gate does on the validation boxes, in one line."
     return (f"gate: min_gain {gate['min_gain']:+.2f} chosen on {gate['boxes']} validation boxes with every kind of error: "
             f"mean IoU input {gate['input_mean_iou']:.3f}, refined {gate['refined_mean_iou']:.3f}, gated {gate['gated_mean_iou']:.3f} "
-            f"({gate['moved']:.0%} moved, {gate['worse_by_0.05']:.1%} worse by > 0.05)")
+            f"({gate['moved']:.0%} moved, {gate['worse_by_0.05']:.1%} worse by > 0.05; of the good boxes {gate['good_boxes_harmed']:.1%})")
 
 def record_gate(checkpoint, gate: dict) -> None:
     "Write the chosen margin (and what it did) into a checkpoint."

@@ -154,7 +154,7 @@ def metrics_table(
     head = f"| {label} | " + " | ".join(columns.values()) + " |\n|" + "---|" * (len(columns) + 1)
     return "\n".join([head] + [f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in columns) + " |" for name, m in rows.items()])
 
-# %% ../nbs/07_metrics.ipynb #48e6f942
+# %% ../nbs/07_metrics.ipynb #fee17950
 def change_shares(
     before: Tensor,  # (N,) IoU of the input boxes with the truth
     after: Tensor,  # (N,) IoU of the output boxes with the truth

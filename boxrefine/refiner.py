@@ -39,6 +39,7 @@ class RefinerConfig:
     "The refiner's inputs and size."
     crop: bool = True  # Use an RGB crop of the context window
     crop_size: int = 64  # Side of that crop, in pixels
+    crop_width: int = 32  # Channels of the crop CNN's first layer (then 2x, 4x, 4x)
     sam: str = "auto"  # SAM features: "off", "embedding", "embedding+interm", or "auto" (embedding+interm with a checkpoint, off with random weights)
     roi_size: int = 7  # Side of the RoI-aligned grid over the SAM features
     context: float = 1.5  # Context window: the box scaled by this around its centre
@@ -51,6 +52,10 @@ class RefinerConfig:
         if not (self.crop or self.sam != "off"): raise ValueError("model needs at least one input: crop or sam")
         if self.iterations < 1: raise ValueError(f"model iterations must be >= 1, got {self.iterations}")
         if self.context < 1: raise ValueError(f"model context must be >= 1, got {self.context}")
+        if self.crop_size < 16 or self.crop_size % 16: raise ValueError(f"model crop_size must be a positive multiple of 16, got {self.crop_size}")
+        for name in ("hidden", "roi_size", "crop_width"):
+            if getattr(self, name) < 1: raise ValueError(f"model {name} must be >= 1, got {getattr(self, name)}")
+        if not self.quality_weight >= 0: raise ValueError(f"model quality_weight must be >= 0, got {self.quality_weight}")
 
     def resolved(self, random_weights: bool) -> "RefinerConfig":
         "This config with `sam='auto'` decided: SAM features only when they come from real weights."
@@ -64,12 +69,13 @@ def context_boxes(boxes: Tensor, scale: float) -> Tensor:
     return torch.cat([c - half, c + half], 1)
 
 def apply_deltas(boxes: Tensor, deltas: Tensor, image_hw: Tensor, min_size: float = 1.0) -> Tensor:
-    "Move each edge by its delta times the box's width (x) or height (y); sort, keep at least `min_size`, clip to the image (NaN stays NaN)."
+    "Move each edge by its delta times the box's width (x) or height (y); sort, clip to the image, keep at least `min_size` inside it (NaN stays NaN)."
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=min_size).repeat(1, 2)
     moved = boxes + deltas * wh
+    size = image_hw.flip(-1).expand(len(boxes), 2)
     lo, hi = torch.minimum(moved[:, :2], moved[:, 2:]), torch.maximum(moved[:, :2], moved[:, 2:])
-    hi = torch.maximum(hi, lo + min_size)
-    return torch.minimum(torch.cat([lo, hi], 1).clamp(min=0), image_hw.flip(-1).repeat(1, 2))
+    lo = torch.minimum(lo.clamp(min=0), size - min_size)
+    return torch.cat([lo, torch.minimum(torch.maximum(hi, lo + min_size), size)], 1)
 
 # %% ../nbs/05_refiner.ipynb #afa3c54e
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -80,10 +86,11 @@ def _conv(cin: int, cout: int) -> nn.Sequential:
 
 class CropEncoder(nn.Module):
     "A small CNN over the RGB crop of each box's context window: four stride-2 convolutions, then a linear layer."
-    def __init__(self, size: int, out: int):
+    def __init__(self, size: int, out: int, width: int = 32):
         super().__init__()
-        self.net = nn.Sequential(_conv(3, 32), _conv(32, 64), _conv(64, 128), _conv(128, 128), nn.Flatten(),
-                                 nn.Linear(128 * (size // 16) ** 2, out), nn.ReLU(inplace=True))
+        w = width
+        self.net = nn.Sequential(_conv(3, w), _conv(w, 2 * w), _conv(2 * w, 4 * w), _conv(4 * w, 4 * w), nn.Flatten(),
+                                 nn.Linear(4 * w * (size // 16) ** 2, out), nn.ReLU(inplace=True))
     def forward(self, crops: Tensor) -> Tensor: return self.net(crops)
 
 def image_crops(images, windows: Tensor, image_index: Tensor, size: int) -> Tensor:
@@ -129,7 +136,7 @@ class BoxRefinerNet(nn.Module):
     def __init__(self, config: RefinerConfig, interm_channels: int = 160):
         super().__init__()
         self.config, self.interm_channels, h = config, interm_channels, config.hidden
-        self.crop_net = CropEncoder(config.crop_size, h) if config.crop else None
+        self.crop_net = CropEncoder(config.crop_size, h, config.crop_width) if config.crop else None
         self.embedding_net = FeatureRoI(256, config.roi_size, h) if "embedding" in config.sam else None
         self.interm_net = FeatureRoI(interm_channels, config.roi_size, h) if "interm" in config.sam else None
         branches = sum(m is not None for m in (self.crop_net, self.embedding_net, self.interm_net))
