@@ -286,7 +286,7 @@ def refine_command(args) -> dict:
     return out
 
 # %% ../nbs/09_cli.ipynb #9eac419f
-DEMO_SETTINGS = ["training.epochs=60", "data.batch_size=4", "training.lr=3e-3"]
+DEMO_SETTINGS = ["training.epochs=30", "data.batch_size=4", "training.lr=5e-4"]  # a gentle fine-tune of the prior
 DEMO_MARKER = ".boxrefine-demo"
 
 def demo_picture(refiner: BoxRefiner, record, noise: NoiseConfig):
@@ -376,7 +376,7 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train a refiner on the bundled sample, print noisy vs refined metrics, save pictures")
     d.add_argument("--out", default="boxrefine-demo", help="folder for the run and the pictures (default: boxrefine-demo)")
     d.add_argument("--seed", type=int, default=0, help="seed of the noise, split and weights (default: 0)")
-    d.add_argument("--epochs", type=int, default=60, help="training epochs (default: 60)")
+    d.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (default: 30)")
     d.set_defaults(handler=lambda a: demo(a.out, a.seed, DEMO_SETTINGS + [f"training.epochs={a.epochs}"]))  # later overrides win
     c = sub.add_parser("cache", help="fill the feature cache for a dataset, or show (--stats) or empty (--clear) it")
     c.add_argument("--stats", action="store_true", help="show the entries and bytes on disk, and stop")

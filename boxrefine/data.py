@@ -22,8 +22,9 @@ from torch.utils.data import Dataset
 from .boxes import ERROR_KINDS, _stable_int, error_boxes, noise_draws
 
 # %% auto #0
-__all__ = ['DROP_REASONS', 'SamplePaths', 'sample_paths', 'ImageReadError', 'read_image', 'LoadConfig', 'ImageBoxes', 'CocoError',
-           'LoadReport', 'CocoData', 'load_coco', 'load_sample', 'NoiseConfig', 'NoisyBoxDataset', 'collate_boxes']
+__all__ = ['DROP_REASONS', 'EXIF_TURNED', 'SamplePaths', 'sample_paths', 'ImageReadError', 'read_image', 'LoadConfig',
+           'ImageBoxes', 'CocoError', 'LoadReport', 'upright_size', 'CocoData', 'load_coco', 'load_sample',
+           'NoiseConfig', 'NoisyBoxDataset', 'collate_boxes']
 
 # %% ../nbs/04_data.ipynb #ac79ead1
 class SamplePaths(NamedTuple):
@@ -62,7 +63,7 @@ class LoadConfig:
     categories: Sequence | None = None  # Keep only boxes of these category ids or names; None: all
     min_size: float = 0.0  # Drop boxes narrower or lower than this many pixels (after clipping)
     skip_crowd: bool = True  # Drop `iscrowd=1` boxes, as COCO evaluation ignores them
-    decode_images: bool = False  # Decode every image to check it (slow); otherwise only check that it exists
+    decode_images: bool = False  # Decode every image to check it (slow); otherwise read each header (size, EXIF orientation)
 
 # %% ../nbs/04_data.ipynb #0424a6fb
 @dataclass
@@ -103,8 +104,8 @@ class LoadReport:
     images_not_selected: int  # Images left out by split or image ids
     images_without_boxes: int  # Kept images that have no box
     missing_images: list = field(default_factory=list)  # File names of selected images that are not there
-    unreadable_images: list = field(default_factory=list)  # (file name, reason); only with decode_images
-    size_mismatches: list = field(default_factory=list)  # (file name, (h, w) in the file, (h, w) upright); only with decode_images
+    unreadable_images: list = field(default_factory=list)  # (file name, reason): headers, or whole images with decode_images
+    size_mismatches: list = field(default_factory=list)  # (file name, (h, w) in the COCO record, (h, w) upright in the file)
     clipped: list = field(default_factory=list)  # Annotation ids of kept boxes cut to their image
     dropped: dict = field(default_factory=dict)  # Reason (a key of `DROP_REASONS`) -> annotation ids
 
@@ -222,13 +223,22 @@ def _selected_images(images: list, index: dict, config: LoadConfig, path: Path) 
         keep &= np.isin(np.arange(len(images)), [index[i] for i in config.image_ids])
     return keep
 
+EXIF_TURNED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+def upright_size(file) -> tuple:
+    "(height, width) of an image as `read_image` returns it, from the file's header only (no pixels decoded)."
+    with Image.open(file) as im:
+        w, h = im.size
+        turned = im.getexif().get(0x0112, 1) in EXIF_TURNED
+    return (w, h) if turned else (h, w)
+
 def _image_problem(im: dict, root: Path, decode: bool) -> tuple | None:
     "What is wrong with an image's file: None, ('missing',), ('unreadable', reason) or ('size', (h, w) upright)."
     file = root / im["file_name"]
     if not file.is_file(): return ("missing",)
-    if not decode: return None
-    try: hw = read_image(file).shape[:2]
+    try: hw = read_image(file).shape[:2] if decode else upright_size(file)
     except ImageReadError as e: return ("unreadable", f"{type(e.__cause__).__name__}: {e.__cause__}")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e: return ("unreadable", f"{type(e).__name__}: {e}")
     return None if hw == (im["height"], im["width"]) else ("size", hw)
 
 def _check_image_files(images: list, selected: np.ndarray, root: Path, decode: bool) -> tuple:

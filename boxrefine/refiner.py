@@ -220,7 +220,9 @@ def read_refiner_checkpoint(path) -> dict:
     path = path / "best.pt" if path.is_dir() else path
     if not path.is_file(): raise FileNotFoundError(f"no refiner checkpoint at {path}")
     try: ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no pickled code runs
-    except Exception as e: raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: {type(e).__name__}: {e}") from None
+    except Exception as e:
+        first = next((l.strip() for l in str(e).splitlines() if l.strip()), "")
+        raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: {type(e).__name__}: {first[:200]}") from None
     if not isinstance(ckpt, dict): raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: it holds a {type(ckpt).__name__}")
     missing = [k for k in REQUIRED_STATE if k not in (ckpt.get("extra_state") or {})] + ["model"] * ("model" not in ckpt)
     if missing: raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: it lacks {missing}")

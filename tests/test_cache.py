@@ -174,7 +174,8 @@ def test_killed_writer_never_leaves_a_corrupt_entry(encoder, tmp_path):
     root = tmp_path / "cache"
     proc = warm_process(root, images)
     deadline = time.time() + 240
-    while len(list(root.rglob("*.safetensors"))) < 2 and time.time() < deadline and proc.poll() is None: time.sleep(0.05)
+    def whole(): return [p for p in root.rglob("*.safetensors") if not p.name.startswith(".tmp-")]  # renamed into place
+    while len(whole()) < 2 and time.time() < deadline and proc.poll() is None: time.sleep(0.05)
     proc.send_signal(signal.SIGKILL); proc.wait()
     cache = FeatureCache(encoder, root)
     written = cache.entries()
