@@ -24,14 +24,15 @@ from .loss import box_loss
 from .machine import live_progress
 from .metrics import change_line, change_shares, evaluate_boxes, metrics_table, noisy_baseline, sam_baseline
 from .prior import load_prior
-from .refiner import BoxRefiner, EncoderMismatch, NotARefinerCheckpoint
+from .refiner import BoxRefiner, EncoderMismatch, NonFiniteOutput, NotARefinerCheckpoint
 
 # %% auto #0
 __all__ = ['ENCODER_OPTIONS', 'DEMO_SETTINGS', 'DEMO_MARKER', 'USER_ERRORS', 'noise_table', 'format_table', 'noise_picture',
            'add_dataset_options', 'add_encoder_options', 'encoder_settings', 'encoder_from', 'records_from',
            'warm_shared', 'stats_over_ranks', 'cache_command', 'refiner_from', 'refiner_cache', 'refine_records',
-           'refined_method', 'eval_command', 'config_from', 'train_command', 'refined_coco', 'refine_command',
-           'demo_picture', 'demo', 'add_train_parser', 'add_refine_parser', 'parser', 'UsageError', 'main']
+           'refined_method', 'eval_command', 'config_from', 'data_record', 'check_resume', 'train_command',
+           'refined_coco', 'refine_command', 'demo_picture', 'demo', 'add_train_parser', 'add_refine_parser', 'parser',
+           'UsageError', 'main']
 
 # %% ../nbs/09_cli.ipynb #52d3db2f
 def noise_table(
@@ -103,8 +104,12 @@ def encoder_from(args, config: EncoderConfig | None = None, say=print) -> Encode
     say(f"HQ-SAM {encoder.config.model_type} encoder precision: {encoder.precision}")
     return encoder
 
+def _check_max_images(args) -> None:
+    if args.max_images is not None and args.max_images < 1: raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
+
 def records_from(args, verbose: bool = True) -> list:
     "The dataset's kept records, limited to --max-images."
+    _check_max_images(args)
     records = load_coco(args.ann, args.images, split=args.split, verbose=verbose).records
     return records[: args.max_images] if args.max_images else records
 
@@ -187,6 +192,7 @@ def eval_command(args) -> dict:
     try: noise = NoiseConfig(r=args.noise, seed=args.seed, errors=args.errors)
     except ValueError as e: raise UsageError(f"--errors: {e}") from None
     records = records_from(args)
+    if not any(len(r.boxes) for r in records): raise UsageError(f"{args.ann}: split {args.split!r} holds no boxes to evaluate")
     methods = {"noisy": noisy_baseline(records, noise)}
     result = {"n_images": len(records), "n_boxes": sum(len(r.boxes) for r in records), "noise": args.noise,
               "errors": args.errors, "seed": args.seed, "split": args.split, "methods": methods}
@@ -216,9 +222,27 @@ def config_from(args):
     options += ["training.init=scratch"] * args.from_scratch
     return load_config(base, options + list(args.set or ()))
 
+def data_record(args) -> dict:
+    "What a run trains on: the annotation file (with its hash) and the image folder."
+    import hashlib
+    return {"annotations": str(args.ann.resolve()), "annotations_sha256": hashlib.sha256(args.ann.read_bytes()).hexdigest(),
+            "images": str(args.images.resolve())}
+
+def check_resume(args, config) -> None:
+    "Refuse to resume a run on other data or another encoder than it recorded, unless --force."
+    if not args.resume or args.force: return
+    recorded = args.out / "data.json"
+    if recorded.is_file() and json.loads(recorded.read_text()) != data_record(args):
+        raise UsageError(f"--resume: {args.out} was trained on {json.loads(recorded.read_text())['annotations']} with "
+                         f"{json.loads(recorded.read_text())['images']}, not on this --ann/--images (or the file changed): pass --force to go on")
+    if load_config(args.out / "config.yaml").encoder != config.encoder:
+        raise UsageError(f"--resume: the encoder options differ from the run's ({args.out / 'config.yaml'}): pass --force to go on")
+
 def train_command(args):
     "Train a refiner; print where its files are and how it did. Under torchrun, every process runs this."
+    _check_max_images(args)
     config = config_from(args)
+    check_resume(args, config)
     rank, world = init_distributed(config.training.device)
     data = load_coco(args.ann, args.images, verbose=rank == 0).records
     if len(data) < 2: raise UsageError(f"{args.ann}: need at least 2 images with boxes to train and validate, found {len(data)}")
@@ -237,7 +261,7 @@ def train_command(args):
     from boxrefine.widgets import TrainingMonitor
     monitor = [TrainingMonitor(save_dir=args.out, live=False)] if args.monitor and rank == 0 else []
     learn = train_refiner(config, train, val, args.out, cache=cache, resume=args.resume, overwrite=args.overwrite, cbs=monitor,
-                          progress=rank == 0)
+                          progress=rank == 0, data_record=data_record(args))
     best = learn.best
     if rank > 0: return learn
     print(f"best validation mean IoU {best['val_mean_iou']:.4f} at epoch {best['epoch'] + 1} (noisy input {learn.history[-1]['noisy_mean_iou']:.4f})")
@@ -266,11 +290,12 @@ def refine_command(args) -> dict:
     "Refine every box of a COCO file into a new COCO file."
     if args.out.resolve() == args.ann.resolve(): raise UsageError(f"--out {args.out} is the input file: refine never overwrites its input")
     if args.out.exists() and not args.overwrite: raise UsageError(f"{args.out} exists: choose another --out, or pass --overwrite")
+    coco = json.loads(args.ann.read_text())
+    if not isinstance(coco.get("info", {}), dict): raise UsageError(f"{args.ann}: 'info' must be a mapping, got {type(coco['info']).__name__}")
     refiner = refiner_from(args)
     print(f"refiner: {refiner.about}")
     records = records_from(args)
     refined = refine_records(refiner, records, [r.boxes for r in records], refiner_cache(refiner, args.cache_dir), min_gain=args.min_gain)
-    coco = json.loads(args.ann.read_text())
     out, n = refined_coco(coco, records, refined, refiner.about)
     no_id = sum(isinstance(a, dict) and "id" not in a for a in coco["annotations"])
     if no_id: print(f"{no_id} annotations have no id: they are matched by their position in {args.ann}")
@@ -353,6 +378,7 @@ def add_train_parser(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     t.add_argument("--from-scratch", action="store_true", help="start from random weights, not the shipped prior")
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out (only a folder that holds a boxrefine run)")
+    t.add_argument("--force", action="store_true", help="--resume even on other data or another encoder than the run recorded")
     t.add_argument("--monitor", action="store_true", help="also save the training monitor's pictures (monitor-*.png) in --out")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. --set training.lr=3e-4 (repeatable)")
     add_encoder_options(t)
@@ -408,8 +434,9 @@ def parser() -> argparse.ArgumentParser:
 class UsageError(ValueError):
     "A command line that asks for something unsafe or impossible."
 
-USER_ERRORS = (UsageError, CocoError, ImageReadError, CheckpointError, BoxError, FileNotFoundError, ConfigError, RunExists,
-               EncoderMismatch, NonFiniteLoss, NotARefinerCheckpoint, NotEnoughData, NotACache)
+USER_ERRORS = (UsageError, CocoError, ImageReadError, CheckpointError, BoxError, ConfigError, RunExists, EncoderMismatch,
+               NonFiniteLoss, NonFiniteOutput, NotARefinerCheckpoint, NotEnoughData, NotACache,
+               OSError)  # a missing file, a full disk, a folder we may not write: one line naming it
 
 def main(
     argv: list[str] | None = None,  # Arguments without the program name; None reads `sys.argv`

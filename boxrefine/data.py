@@ -22,9 +22,9 @@ from torch.utils.data import Dataset
 from .boxes import ERROR_KINDS, _stable_int, error_boxes, noise_draws
 
 # %% auto #0
-__all__ = ['DROP_REASONS', 'EXIF_TURNED', 'SamplePaths', 'sample_paths', 'ImageReadError', 'read_image', 'LoadConfig',
-           'ImageBoxes', 'CocoError', 'LoadReport', 'upright_size', 'CocoData', 'load_coco', 'load_sample',
-           'NoiseConfig', 'NoisyBoxDataset', 'collate_boxes']
+__all__ = ['WIDE_MODES', 'DROP_REASONS', 'EXIF_TURNED', 'SamplePaths', 'sample_paths', 'ImageReadError', 'to_8bit', 'read_image',
+           'LoadConfig', 'ImageBoxes', 'CocoError', 'LoadReport', 'upright_size', 'CocoData', 'load_coco',
+           'load_sample', 'NoiseConfig', 'NoisyBoxDataset', 'collate_boxes']
 
 # %% ../nbs/04_data.ipynb #ac79ead1
 class SamplePaths(NamedTuple):
@@ -43,13 +43,25 @@ def sample_paths() -> SamplePaths:
 class ImageReadError(OSError):
     "An image file that is missing or cannot be decoded. The message names the file."
 
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # one channel of 16-bit, 32-bit or float values
+
+def to_8bit(values: np.ndarray) -> np.ndarray:
+    "Values of any range stretched to 0..255 by the image's own minimum and maximum (a constant image gives 0)."
+    values = values.astype(np.float64)
+    finite = values[np.isfinite(values)]
+    lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+    scaled = np.nan_to_num((values - lo) / (hi - lo) if hi > lo else np.zeros_like(values), nan=0.0)
+    return np.round(scaled.clip(0, 1) * 255).astype(np.uint8)
+
 def read_image(
     path,  # An image file
 ) -> np.ndarray:  # (height, width, 3) uint8 RGB, upright
     "Read an image as RGB with its EXIF orientation applied; raise `ImageReadError` naming the file if it cannot be read."
     try:
         with Image.open(path) as im:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+            im = ImageOps.exif_transpose(im)
+            if im.mode in WIDE_MODES: return np.repeat(to_8bit(np.asarray(im))[..., None], 3, axis=2)
+            return np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
 
@@ -133,6 +145,7 @@ def _read_json(path: Path) -> dict:
     "A COCO file's contents, or a `CocoError` naming it."
     try: coco = json.loads(path.read_text())
     except json.JSONDecodeError as e: raise CocoError(f"{path}: not a JSON file ({e})") from None
+    except (IsADirectoryError, UnicodeDecodeError) as e: raise CocoError(f"{path}: not a COCO JSON file ({type(e).__name__})") from None
     if not isinstance(coco, dict): raise CocoError(f"{path}: expected a JSON object with images, annotations and categories")
     return coco
 

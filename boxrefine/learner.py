@@ -722,7 +722,7 @@ class NotEnoughData(ValueError):
     "Too few images (with boxes) to train and validate."
 
 RUN_MARKER = ".boxrefine-run"  # written first into every run folder: what marks a folder as ours to replace
-RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "config.yaml", "curves.png")
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "config.yaml", "curves.png", "data.json")
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     "Refuse a folder we may not train into: a file, a folder that is neither empty nor one of our runs, a run without --overwrite."
@@ -760,6 +760,7 @@ def train_refiner(
     progress: bool = True,  # Show progress bars
     cbs=(),  # Extra callbacks (e.g. the widget monitor)
     random_weights: bool | None = None,  # Whether the encoder has random weights (decides `model.sam="auto"`); None: from the config
+    data_record: dict | None = None,  # What the run trains on (files and their hashes), kept as data.json in a new run folder
 ) -> Learner:  # The learner after fitting: its `history`, `model` (the best epoch's weights), `refiner` and `gate`
     "Train a refiner on cached features and noisy boxes, logging and checkpointing into `run_dir`; then choose its gate."
     train_records, val_records = ([r for r in recs if len(r.boxes)] for recs in (train_records, val_records))  # an image without boxes has no loss
@@ -780,6 +781,8 @@ def train_refiner(
     if rank == 0 and not resume: print(line)
     refiner = BoxRefiner(net, config.encoder, fingerprint, about=str(run_dir / "best.pt") if run_dir else "the trained refiner")
     if run_dir is not None and rank == 0: save_config(config, run_dir / "config.yaml")
+    if run_dir is not None and rank == 0 and data_record is not None and not resume:
+        (run_dir / "data.json").write_text(json.dumps(data_record, indent=1))
     features = partial(record_inputs, cache=cache, use_sam=use_sam)
     device = run_device(config.training)
     model = net.to(device)  # before the optimizer state is made or loaded, so that it lands on the same device

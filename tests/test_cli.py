@@ -152,3 +152,25 @@ def test_refine_and_eval_use_the_prior_and_report_what_the_gate_did(tmp_path):
     assert abs(refined["improved"] + refined["unchanged"] + refined["worse"] - 1) < 1e-9
     assert refined["mean_iou"] > 0.95 and refined["worse_by_0.05"] < 0.05  # clean boxes: do no harm
     assert "% of boxes improved" in done.stdout and "unchanged" in done.stdout
+
+
+def test_bad_inputs_end_with_one_line(tmp_path):
+    "A folder as --ann, an info that is not a mapping, --max-images 0, a split without boxes: one line each, nothing written."
+    cases = [(["eval", "--ann", str(tmp_path), "--images", str(tmp_path), "--no-sam"], "not a COCO JSON file"),
+             (["eval", *SAMPLE, "--split", "val", "--no-sam", "--max-images", "0"], "--max-images must be >= 1")]
+    coco = json.loads(sample_paths().annotations.read_text())
+    coco["info"] = ["not", "a", "mapping"]
+    bad_info = tmp_path / "info.json"
+    bad_info.write_text(json.dumps(coco))
+    cases.append((["refine", "--ann", str(bad_info), "--images", str(sample_paths().images), "--out", str(tmp_path / "o.json")],
+                  "'info' must be a mapping"))
+    empty = json.loads(sample_paths().annotations.read_text())
+    val_ids = {im["id"] for im in empty["images"] if im["split"] == "val"}
+    empty["annotations"] = [a for a in empty["annotations"] if a["image_id"] not in val_ids]
+    (tmp_path / "empty.json").write_text(json.dumps(empty))
+    cases.append((["eval", "--ann", str(tmp_path / "empty.json"), "--images", str(sample_paths().images), "--split", "val", "--no-sam"],
+                  "holds no boxes to evaluate"))
+    for args, message in cases:
+        done = run(*args)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
+    assert not (tmp_path / "o.json").exists()

@@ -294,3 +294,14 @@ def test_iscrowd_accepts_numbers_and_booleans(tmp_path):
     data = load_coco(path, sample_paths().images, verbose=False)
     second = json.loads(path.read_text())["annotations"][1]["id"]
     assert data.report.dropped["crowd"] == [second]  # true is a crowd box (dropped as such), false is not
+
+
+def test_16_bit_and_float_images_are_stretched_to_8_bits_not_saturated(tmp_path):
+    from boxrefine.data import read_image
+    ramp = (np.arange(64 * 32).reshape(32, 64) * 2).astype(np.uint16)  # 0 .. 4094: all of it above 255
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    rgb = read_image(tmp_path / "deep.png")
+    assert rgb.shape == (32, 64, 3) and rgb.dtype == np.uint8 and (rgb[..., 0] == rgb[..., 2]).all()
+    assert rgb.min() == 0 and rgb.max() == 255 and (np.diff(rgb[..., 0].ravel().astype(int)) >= 0).all()
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "flat.tiff")
+    assert (read_image(tmp_path / "flat.tiff") == 0).all()

@@ -33,7 +33,7 @@ def cli_run(tmp_path_factory):
 
 def test_train_command_writes_the_run(cli_run):
     out, done = cli_run
-    assert {p.name for p in out.iterdir()} == {".boxrefine-run", "best.pt", "last.pt", "metrics.jsonl", "config.yaml", "curves.png", "monitor-boxes.png", "monitor-curves.png"}
+    assert {p.name for p in out.iterdir()} == {".boxrefine-run", "data.json", "best.pt", "last.pt", "metrics.jsonl", "config.yaml", "curves.png", "monitor-boxes.png", "monitor-curves.png"}
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     assert all(0 < r["train_loss"] < 5 and 0 < r["val_loss"] < 5 and 0 < r["val_mean_iou"] <= 1 for r in rows)  # never in the hundreds
@@ -235,3 +235,20 @@ def test_resume_drops_epochs_logged_after_the_last_checkpoint(tmp_path):
     done = run("train", *SAMPLE, "--out", str(out), "--resume", "--epochs", "2")
     assert done.returncode == 0, done.stderr
     assert [json.loads(l)["epoch"] for l in log.read_text().splitlines()] == [0, 1]
+
+
+def test_resume_refuses_other_data_unless_forced(tmp_path):
+    out = tmp_path / "run"
+    assert run("train", *SAMPLE, "--out", str(out), "--epochs", "1", "--max-images", "2", "--from-scratch").returncode == 0
+    other = tmp_path / "other.json"
+    coco = json.loads(sample_paths().annotations.read_text())
+    coco["annotations"] = coco["annotations"][:-1]
+    other.write_text(json.dumps(coco))
+    args = ["train", "--ann", str(other), "--images", str(sample_paths().images), "--out", str(out), "--resume", "--epochs", "2"]
+    done = run(*args)
+    assert done.returncode == 2 and "was trained on" in done.stderr and "--force" in done.stderr
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    encoder = run("train", *SAMPLE, "--out", str(out), "--resume", "--epochs", "2", "--encoder", "vit_b")
+    assert encoder.returncode == 2 and "encoder options differ" in encoder.stderr
+    forced = run(*args, "--force", "--max-images", "2")
+    assert forced.returncode == 0, forced.stderr
