@@ -311,7 +311,7 @@ def refine_command(args) -> dict:
     return out
 
 # %% ../nbs/09_cli.ipynb #9eac419f
-DEMO_SETTINGS = ["training.epochs=30", "data.batch_size=4", "training.lr=5e-4"]  # a gentle fine-tune of the prior
+DEMO_SETTINGS = ["training.epochs=40", "data.batch_size=4", "training.lr=1e-3"]  # a gentle fine-tune of the prior
 DEMO_MARKER = ".boxrefine-demo"
 
 def demo_picture(refiner: BoxRefiner, record, noise: NoiseConfig):
@@ -355,9 +355,11 @@ def demo(
     (out / "run" / DEMO_MARKER).write_text("made by boxrefine demo; the next demo in this folder replaces it\n")
     refiner = BoxRefiner.load(out / "run")
     methods["fine-tuned"] = refined_method(refiner, val, noise, progress=False)
+    methods["fine-tuned, no gate"] = refined_method(refiner, val, noise, progress=False, min_gain=-1.0)
     print(f"\n{len(val)} validation images, {methods['noisy']['n_boxes']} boxes, noise r = {noise.r}:")
     print(metrics_table(methods))
-    print(f"fine-tuned: {change_line(methods['fine-tuned'])}")
+    print(f"fine-tuned: {change_line(methods['fine-tuned'])}; without the gate (--min-gain -1, every proposal taken): "
+          f"{change_line(methods['fine-tuned, no gate'])}")
     out.mkdir(parents=True, exist_ok=True)
     for fig, name in ((noise_picture(records[3], seed=seed), "noise.png"), (demo_picture(refiner, val[0], noise), "refined.png")):
         fig.savefig(out / name, dpi=100)
@@ -402,7 +404,7 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train a refiner on the bundled sample, print noisy vs refined metrics, save pictures")
     d.add_argument("--out", default="boxrefine-demo", help="folder for the run and the pictures (default: boxrefine-demo)")
     d.add_argument("--seed", type=int, default=0, help="seed of the noise, split and weights (default: 0)")
-    d.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (default: 30)")
+    d.add_argument("--epochs", type=int, default=40, help="fine-tuning epochs (default: 40)")
     d.set_defaults(handler=lambda a: demo(a.out, a.seed, DEMO_SETTINGS + [f"training.epochs={a.epochs}"]))  # later overrides win
     c = sub.add_parser("cache", help="fill the feature cache for a dataset, or show (--stats) or empty (--clear) it")
     c.add_argument("--stats", action="store_true", help="show the entries and bytes on disk, and stop")

@@ -24,7 +24,7 @@ def test_demo_trains_prints_the_tables_and_writes_the_pictures_twice(tmp_path):
         assert all(0 < r["loss"] < 5 and r["pixel_l1"] > 10 * r["loss"] for r in rows)
         table = {l.split("|")[1].strip(): [float(v) for v in l.split("|")[2:-1]] for l in lines
                  if l.startswith(("| noisy", "| prior", "| fine-tuned"))}
-        assert set(table) == {"noisy", "prior", "fine-tuned"}
+        assert set(table) == {"noisy", "prior", "fine-tuned", "fine-tuned, no gate"}
         assert abs(table["noisy"][0] - 0.673) < 0.01  # mean IoU of the 8 validation images' noisy boxes
         assert table["prior"][0] > table["noisy"][0] + 0.05 and 0.5 < table["fine-tuned"][0] <= 1  # the prior helps before training
         assert any(l.startswith("before training: the shipped prior") for l in lines)
