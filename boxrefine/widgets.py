@@ -257,6 +257,15 @@ def _atomic_write_json(path: Path, obj) -> None:
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
 
+def _ann_key(ann: dict, i: int):
+    "An annotation's key: its id (an int or a string, kept as it is), or its position where it has none."
+    return ann["id"] if "id" in ann else ("annotations", i)
+
+def _key_text(key) -> str: return json.dumps(list(key) if isinstance(key, tuple) else key)  # 5 and "5" stay apart
+def _key_from(text: str):
+    value = json.loads(text)
+    return tuple(value) if isinstance(value, list) else value
+
 class ReviewSession:
     "Decisions on the boxes of a refined COCO file, saved as they are made."
     def __init__(
@@ -269,7 +278,7 @@ class ReviewSession:
         self.out = Path(out) if out else self.refined_path.with_name(self.refined_path.stem + ".reviewed.json")
         if self.out.resolve() == self.refined_path.resolve(): raise ValueError(f"out {self.out} is the input file: choose another")
         self.coco = json.loads(self.refined_path.read_text())
-        self.anns = {a["id"]: a for a in self.coco["annotations"] if "bbox_input" in a}
+        self.anns = {_ann_key(a, i): a for i, a in enumerate(self.coco["annotations"]) if "bbox_input" in a}
         if not self.anns: raise ValueError(f"{self.refined_path} has no refined annotations (bbox_input): run `boxrefine refine` first")
         self.files = {im["id"]: im["file_name"] for im in self.coco["images"]}
         self.decisions_path = self.out.with_name(self.out.name + ".decisions.json")
@@ -285,9 +294,9 @@ class ReviewSession:
         if saved.get("refined") != self.refined_digest:
             raise ValueError(f"{self.decisions_path} holds decisions about another version of {self.refined_path.name} "
                              "(it was refined again): move that file away to start a new review")
-        return {int(k): v for k, v in saved["decisions"].items()}
+        return {_key_from(k): v for k, v in saved["decisions"].items()}
 
-    def moved(self, ann_id: int) -> float:
+    def moved(self, ann_id) -> float:
         "How far refinement moved a box: 1 - IoU of the refined box with the input box."
         a = self.anns[ann_id]
         boxes = convert_boxes(torch.tensor([a["bbox"], a["bbox_input"]], dtype=torch.float32), "xywh", "xyxy")
@@ -300,7 +309,7 @@ class ReviewSession:
         raise ValueError(f"order by 'moved' or 'quality', got {by!r}")
 
 # %% ../nbs/08_widgets.ipynb #adf35e5d
-def decide(self: ReviewSession, ann_id: int, action: str, delta=None) -> dict:
+def decide(self: ReviewSession, ann_id, action: str, delta=None) -> dict:
     "Record a decision on one box and save all decisions at once."
     if ann_id not in self.anns: raise KeyError(f"annotation {ann_id} is not a refined box of {self.refined_path}")
     if action not in ("accept", "reject", "nudge"): raise ValueError(f"action must be accept, reject or nudge, got {action!r}")
@@ -310,15 +319,16 @@ def decide(self: ReviewSession, ann_id: int, action: str, delta=None) -> dict:
         total = [a + b for a, b in zip(old.get("delta", [0, 0, 0, 0]), delta)] if old.get("action") == "nudge" else list(delta)
         self.decisions[ann_id] = {"action": "nudge", "delta": [float(v) for v in total]}
     else: self.decisions[ann_id] = {"action": action}
-    _atomic_write_json(self.decisions_path, {"refined": self.refined_digest, "decisions": {str(k): v for k, v in self.decisions.items()}})
+    _atomic_write_json(self.decisions_path, {"refined": self.refined_digest,
+                                             "decisions": {_key_text(k): v for k, v in self.decisions.items()}})
     return self.decisions[ann_id]
 
-def final_box(self: ReviewSession, ann_id: int) -> list:
+def final_box(self: ReviewSession, ann_id) -> list:
     "The xywh box a decision gives."
     a, d = self.anns[ann_id], self.decisions.get(ann_id, {})
     if d.get("action") == "reject": return list(a["bbox_input"])
     if d.get("action") == "nudge":
-        x1, y1, x2, y2 = (v + dv for v, dv in zip(convert_boxes(torch.tensor([a["bbox"]]), "xywh", "xyxy")[0].tolist(), d["delta"]))
+        x1, y1, x2, y2 = (v + dv for v, dv in zip(convert_boxes(torch.tensor([a["bbox"]], dtype=torch.float64), "xywh", "xyxy")[0].tolist(), d["delta"]))
         x1, x2, y1, y2 = min(x1, x2), max(x1, x2), min(y1, y2), max(y1, y2)
         return [round(x1, 2), round(y1, 2), round(max(x2 - x1, 1.0), 2), round(max(y2 - y1, 1.0), 2)]
     return list(a["bbox"])
@@ -326,10 +336,11 @@ def final_box(self: ReviewSession, ann_id: int) -> list:
 def write(self: ReviewSession) -> Path:
     "Write the reviewed COCO file (a new file; the refined input is not touched)."
     out = json.loads(json.dumps(self.coco))
-    for a in out["annotations"]:
-        if a["id"] not in self.anns: continue
-        d = self.decisions.get(a["id"])
-        a["bbox"] = self.final_box(a["id"])
+    for i, a in enumerate(out["annotations"]):
+        key = _ann_key(a, i)
+        if key not in self.anns: continue
+        d = self.decisions.get(key)
+        a["bbox"] = self.final_box(key)
         a["review"] = d["action"] if d else "pending"
         if not a.get("segmentation"): a["area"] = round(a["bbox"][2] * a["bbox"][3], 2)
     out.setdefault("info", {})["boxrefine_review"] = self.refined_digest
@@ -369,7 +380,7 @@ class ReviewWidget:
         self.list.value = current if current in self.session.anns else self.list.options[0][1]
         self.show()
 
-    def figure(self, ann_id: int):
+    def figure(self, ann_id):
         "The box's neighbourhood: input box (red, dashed) and the box the decision gives (yellow, dotted)."
         a = self.session.anns[ann_id]
         image = read_image(self.session.images / self.session.files[a["image_id"]])

@@ -95,3 +95,25 @@ def test_review_accept_reject_nudge_write_and_resume(refined_file, tmp_path):
     refined_file.write_text(json.dumps(coco))
     with pytest.raises(ValueError, match="holds decisions about another version"):
         ReviewSession(refined_file, sample_paths().images, out=tmp_path / "reviewed.json")
+
+
+def test_review_decisions_round_trip_any_kind_of_id(tmp_path):
+    "String ids, ids that look like numbers, and annotations without ids keep their decisions across a restart."
+    from boxrefine.data import sample_paths
+    from boxrefine.widgets import ReviewSession
+    coco = json.loads(sample_paths().annotations.read_text())
+    image = coco["images"][0]["id"]
+    def ann(box, **extra): return {"image_id": image, "category_id": 1, "bbox": box, "bbox_input": [10, 10, 50, 50], "quality": 0.5,
+                                   "area": 100, "iscrowd": 0, **extra}
+    coco["annotations"] = [ann([12, 12, 46, 46], id=5), ann([11, 11, 48, 48], id="5"), ann([13, 13, 44, 44], id="a-7"),
+                           ann([14, 14, 42, 42])]
+    refined = tmp_path / "refined.json"
+    refined.write_text(json.dumps(coco))
+    session = ReviewSession(refined, sample_paths().images)
+    assert set(session.anns) == {5, "5", "a-7", ("annotations", 3)}
+    session.decide(5, "accept"); session.decide("5", "reject"); session.decide(("annotations", 3), "nudge", [1, 0, 0, 0])
+    again = ReviewSession(refined, sample_paths().images)
+    assert again.decisions == session.decisions and again.decisions["5"] == {"action": "reject"}
+    out = json.loads(again.write().read_text())["annotations"]
+    assert [a["review"] for a in out] == ["accept", "reject", "pending", "nudge"]
+    assert out[1]["bbox"] == [10, 10, 50, 50] and out[3]["bbox"][0] == 15
