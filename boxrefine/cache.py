@@ -27,7 +27,8 @@ from .machine import live_progress, user_cache_dir
 # %% auto #0
 __all__ = ['LAYOUT', 'ENTRY_SUFFIX', 'CACHE_MARKER', 'SAFETENSORS_DTYPES', 'default_cache_dir', 'pixel_digest', 'entry_key',
            'CacheStats', 'CorruptEntry', 'read_safetensors', 'read_entry', 'write_entry', 'FeatureCache', 'evict',
-           'get_many', 'get', 'entries', 'disk_usage', 'remove_stale_temporaries', 'NotACache', 'clear', 'warm']
+           'get_many', 'get', 'entries', 'entry_stats', 'disk_usage', 'remove_stale_temporaries', 'NotACache', 'clear',
+           'warm']
 
 # %% ../nbs/03_cache.ipynb #a60c121d
 LAYOUT = "v1"
@@ -94,7 +95,14 @@ def read_safetensors(
     if not 2 <= n <= size - 8: raise CorruptEntry(f"{path}: header length {n} does not fit a file of {size} bytes")
     try: header = json.loads(raw[8:8 + n].tobytes())
     except (ValueError, UnicodeDecodeError) as e: raise CorruptEntry(f"{path}: unreadable header: {e}") from None
-    meta, tensors, data = header.pop("__metadata__", {}) or {}, {}, torch.from_numpy(raw[8 + n:])
+    try: return _tensors_of(header, torch.from_numpy(raw[8 + n:]), path)
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as e:  # parseable JSON of the wrong shape
+        raise CorruptEntry(f"{path}: garbled header ({type(e).__name__}: {e})") from None
+
+def _tensors_of(header: dict, data: torch.Tensor, path: Path) -> tuple:
+    "The tensors a safetensors header describes, as views of `data`, and its metadata."
+    meta, tensors = header.pop("__metadata__", {}) or {}, {}
+    if not isinstance(meta, dict): raise TypeError(f"__metadata__ is a {type(meta).__name__}")
     for name, info in header.items():
         dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
         start, end = info.get("data_offsets", (0, -1))
@@ -192,13 +200,15 @@ def _lookup(self: FeatureCache, key: str) -> dict | None:
         self.stats.memory_hits += 1
         return self._memory[key][0]
     path = self.path(key)
-    if not path.exists(): return None
-    try: entry = read_entry(path, self.fingerprint, self.encoder.interm_channels, self.storage_dtype)
+    try:
+        entry = read_entry(path, self.fingerprint, self.encoder.interm_channels, self.storage_dtype)
+        size = path.stat().st_size
+    except FileNotFoundError: return None  # never written, or removed meanwhile by `clear` or `evict`: a miss
     except CorruptEntry:
         self.stats.corrupt += 1
         path.unlink(missing_ok=True)
         return None
-    self.stats.bytes_read += path.stat().st_size
+    self.stats.bytes_read += size
     if self.max_disk_bytes is not None: os.utime(path)  # recently used: evicted last
     self._remember(key, entry)
     return entry
@@ -235,11 +245,11 @@ def _compute(self: FeatureCache, keyed: dict) -> dict:
 
 def evict(self: FeatureCache) -> int:
     "Remove least recently used entries until the cache fits `max_disk_bytes`; return how many went."
-    entries = sorted(self.entries(), key=lambda p: p.stat().st_mtime_ns)
-    total, removed = sum(p.stat().st_size for p in entries), 0
-    for p in entries:
+    entries = sorted(self.entry_stats(), key=lambda ps: ps[1].st_mtime_ns)
+    total, removed = sum(s.st_size for _, s in entries), 0
+    for p, s in entries:
         if total <= self.max_disk_bytes: break
-        total -= p.stat().st_size
+        total -= s.st_size
         p.unlink(missing_ok=True); removed += 1
     self.stats.evicted += removed
     return removed
@@ -293,10 +303,17 @@ def entries(self: FeatureCache) -> list[Path]:
     "Every entry file under this cache's layout folder (any encoder); files we did not write are not entries."
     return sorted(p for p in (self.root / LAYOUT).glob(f"*/*/*{ENTRY_SUFFIX}") if _ours(p, _ENTRY_NAME))
 
+def entry_stats(self: FeatureCache) -> list:
+    "(path, os.stat_result) of every entry; one removed meanwhile (by another process's `clear` or `evict`) is left out."
+    out = []
+    for p in self.entries():
+        with contextlib.suppress(FileNotFoundError): out.append((p, p.stat()))
+    return out
+
 def disk_usage(self: FeatureCache) -> dict:
     "Entries and bytes on disk."
-    files = self.entries()
-    return {"entries": len(files), "bytes": sum(p.stat().st_size for p in files)}
+    stats = self.entry_stats()
+    return {"entries": len(stats), "bytes": sum(s.st_size for _, s in stats)}
 
 def remove_stale_temporaries(self: FeatureCache, max_age_s: float = 3600) -> int:
     "Delete temporary files older than `max_age_s` (left by killed writers); return how many."
@@ -337,5 +354,6 @@ def warm(
               f"{self.stats.misses - before.misses} encoded, {time.perf_counter() - start_time:.1f} s", flush=True)
     return self.stats
 
-FeatureCache.entries, FeatureCache.disk_usage, FeatureCache.remove_stale_temporaries = entries, disk_usage, remove_stale_temporaries
+FeatureCache.entries, FeatureCache.entry_stats, FeatureCache.disk_usage = entries, entry_stats, disk_usage
+FeatureCache.remove_stale_temporaries = remove_stale_temporaries
 FeatureCache.clear, FeatureCache.warm = clear, warm

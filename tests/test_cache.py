@@ -193,3 +193,28 @@ def test_clear_removes_only_the_cache_layout(encoder, tmp_path):
     cache.get_many(generated_images(tmp_path, 1))
     assert cache.clear() == 1 and cache.disk_usage() == {"entries": 0, "bytes": 0}
     assert keep.read_text() == "mine"
+
+
+@pytest.mark.parametrize("header", [b"[1, 2]", b'{"image_embedding": 7}', b'{"__metadata__": "x"}',
+                                    b'{"image_embedding": {"dtype": "F16", "data_offsets": [0, 2]}}'])
+def test_a_garbled_but_parseable_header_is_a_corrupt_entry(encoder, tmp_path, header):
+    "JSON of the wrong shape in an entry's header is counted as corrupt and recomputed, never an AttributeError or KeyError."
+    cache = FeatureCache(encoder, tmp_path)
+    image = generated_images(tmp_path, 1)[0]
+    cache.get(image)
+    path = cache.path(cache.key(image))
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 16)
+    again = FeatureCache(encoder, tmp_path)
+    assert tuple(again.get(image)["image_embedding"].shape) == (256, 64, 64)
+    assert (again.stats.corrupt, again.stats.misses) == (1, 1)
+
+
+def test_an_entry_removed_while_reading_is_a_miss(encoder, tmp_path):
+    cache = FeatureCache(encoder, tmp_path)
+    image = generated_images(tmp_path, 1)[0]
+    cache.get(image)
+    FeatureCache(None, tmp_path).clear()  # another process clears the cache
+    again = FeatureCache(encoder, tmp_path)
+    again.get(image)
+    assert (again.stats.hits, again.stats.misses, again.stats.corrupt) == (0, 1, 0)
+    assert again.disk_usage()["entries"] == 1
