@@ -41,14 +41,16 @@ def execute(notebooks: list[str]) -> None:
 
     for path in map(Path, notebooks):
         plt.close("all")  # figures a previous notebook left open would be shown in this one's first cell
+        path = path.resolve()
         nb = read_nb(path)
         shell = CaptureShell(path.parent, mpl_format="png")
-        for cell in nb.cells:
-            if cell.cell_type != "code" or re.search(r"^#\|\s*eval:\s*false", cell.source, re.M):
-                continue
-            shell.cell(cell)
-            if shell.exc:
-                sys.exit(f"{path}: a cell failed:\n{cell.source}\n{shell.exc!r}")
+        with contextlib.chdir(path.parent):  # relative paths in a notebook mean what they mean under nbdev_test
+            for cell in nb.cells:
+                if cell.cell_type != "code" or re.search(r"^#\|\s*eval:\s*false", cell.source, re.M):
+                    continue
+                shell.cell(cell)
+                if shell.exc:
+                    sys.exit(f"{path}: a cell failed:\n{cell.source}\n{shell.exc!r}")
         write_nb(nb, path)
         print(f"executed {path}")
 
