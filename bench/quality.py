@@ -85,12 +85,11 @@ def prior_command(args):
 
 def gate_command(args):
     "Choose the gate's margin of a refiner file again, on the val splits of the sets it was trained on, and save it in place."
-    from safetensors import safe_open
-    from boxrefine.learner import Config, choose_min_gain, gate_line, record_inputs
-    from boxrefine.refiner import BoxRefiner
     from functools import partial
-    refiner = BoxRefiner.load(args.refiner)
-    with safe_open(str(args.refiner), "pt") as f: info = json.loads(f.metadata()["boxrefine"])
+    from boxrefine.learner import Config, choose_min_gain, gate_line, record_inputs
+    from boxrefine.prior import prior_info
+    from boxrefine.refiner import BoxRefiner
+    refiner, info = BoxRefiner.load(args.refiner), prior_info(args.refiner)
     val = [r for s in args.sets for r in load(s)[1]]
     gate = choose_min_gain(refiner.net, val, Config(), partial(record_inputs, use_sam=False), torch.device("cpu"), "fp32")
     print(gate_line(gate))

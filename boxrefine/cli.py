@@ -231,10 +231,11 @@ def data_record(args) -> dict:
 def check_resume(args, config) -> None:
     "Refuse to resume a run on other data or another encoder than it recorded, unless --force."
     if not args.resume or args.force: return
-    recorded = args.out / "data.json"
-    if recorded.is_file() and json.loads(recorded.read_text()) != data_record(args):
-        raise UsageError(f"--resume: {args.out} was trained on {json.loads(recorded.read_text())['annotations']} with "
-                         f"{json.loads(recorded.read_text())['images']}, not on this --ann/--images (or the file changed): pass --force to go on")
+    path = args.out / "data.json"
+    recorded = json.loads(path.read_text()) if path.is_file() else None
+    if recorded is not None and recorded != data_record(args):
+        raise UsageError(f"--resume: {args.out} was trained on {recorded['annotations']} with {recorded['images']}, "
+                         "not on this --ann/--images (or the file changed): pass --force to go on")
     if load_config(args.out / "config.yaml").encoder != config.encoder:
         raise UsageError(f"--resume: the encoder options differ from the run's ({args.out / 'config.yaml'}): pass --force to go on")
 
