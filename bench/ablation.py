@@ -16,7 +16,8 @@ from pathlib import Path
 from boxrefine.cache import FeatureCache
 from boxrefine.data import load_coco
 from boxrefine.encoder import Encoder, EncoderConfig, RandomWeightsWarning
-from boxrefine.learner import load_config, train_refiner
+from boxrefine.config import load_config
+from boxrefine.train import train_refiner
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {  # name -> config overrides

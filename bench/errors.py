@@ -20,9 +20,10 @@ KINDS = (("jitter", 0.2), ("jitter", 0.1), ("clean", 0.0), ("larger", 0.2), ("sm
 
 def main():
     from boxrefine.boxes import elementwise_iou
-    from boxrefine.cli import refine_records
+    from boxrefine.inference import refine_records
     from boxrefine.data import NoiseConfig, load_coco
-    from boxrefine.learner import load_config, train_refiner
+    from boxrefine.config import load_config
+    from boxrefine.train import train_refiner
     from boxrefine.machine import cpu_description
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bccd", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "bccd")

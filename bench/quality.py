@@ -32,7 +32,7 @@ SIZES = (25, 50, 100, None)
 
 def load(name):
     from boxrefine.data import load_coco
-    from boxrefine.learner import VAL_SPLITS
+    from boxrefine.train import VAL_SPLITS
     records = load_coco(DATA / name / "instances.json", DATA / name / "images", verbose=False).records
     split = {s: [r for r in records if r.split == s] for s in ("train", "test")}
     return split["train"], [r for r in records if r.split in VAL_SPLITS], split["test"]
@@ -40,12 +40,13 @@ def load(name):
 
 def subset(records, n):
     "A seeded choice of n training images (all with n None)."
-    from boxrefine.boxes import _stable_int
-    return records if n is None else sorted(records, key=lambda r: _stable_int((0, r.id)))[:n]
+    from boxrefine.boxes import stable_int
+    return records if n is None else sorted(records, key=lambda r: stable_int((0, r.id)))[:n]
 
 
 def train(train_records, val_records, init, settings=()):
-    from boxrefine.learner import load_config, train_refiner
+    from boxrefine.config import load_config
+    from boxrefine.train import train_refiner
     config = load_config(overrides=[f"training.init={init}", *settings])
     with tempfile.TemporaryDirectory() as run:
         learn = train_refiner(config, train_records, val_records, Path(run) / "run", progress=False)
@@ -55,7 +56,7 @@ def train(train_records, val_records, init, settings=()):
 def score(refiner, records, inputs=INPUTS):
     "Per kind of input error: mean IoU of the input and of the answer, and the change shares."
     from boxrefine.boxes import elementwise_iou
-    from boxrefine.cli import refine_records
+    from boxrefine.inference import refine_records
     from boxrefine.data import NoiseConfig
     from boxrefine.metrics import change_shares
     rows = {}
@@ -86,7 +87,9 @@ def prior_command(args):
 def gate_command(args):
     "Choose the gate's margin of a refiner file again, on the val splits of the sets it was trained on, and save it in place."
     from functools import partial
-    from boxrefine.learner import Config, choose_min_gain, gate_line, record_inputs
+    from boxrefine.config import Config
+    from boxrefine.gate import gate_line
+    from boxrefine.train import choose_min_gain, record_inputs
     from boxrefine.prior import prior_info
     from boxrefine.refiner import BoxRefiner
     refiner, info = BoxRefiner.load(args.refiner), prior_info(args.refiner)

@@ -103,7 +103,8 @@ def step_timer():
 
 def bench_precision(records, steps: int = 6) -> dict:
     "Training step and encoder seconds in bf16 and fp32 side by side, what auto chose, and chosen / fastest."
-    from boxrefine.learner import load_config, train_refiner
+    from boxrefine.config import load_config
+    from boxrefine.train import train_refiner
     from boxrefine.machine import SlowPrecisionWarning, choose_precision, time_call
     from boxrefine.data import read_image
     train = [r for r in records if r.split == "train"][: 8 * steps]
@@ -130,7 +131,8 @@ def bench_precision(records, steps: int = 6) -> dict:
 def one_training(name: str, bccd_dir: Path, cache_dir: str, steps: int = 12) -> dict:
     "In this (fresh) process: seconds per training step of 8 images from a warm cache, and the peak RSS."
     from boxrefine.cache import FeatureCache
-    from boxrefine.learner import load_config, train_refiner
+    from boxrefine.config import load_config
+    from boxrefine.train import train_refiner
     records = [r for r in bccd(bccd_dir) if r.split == "train"][: 8 * steps]
     config = load_config(overrides=TRAIN_CONFIGS[name] + ["training.epochs=1", "data.batch_size=8"])
     cache = FeatureCache(quiet_encoder(), cache_dir) if config.model.sam != "off" else None
@@ -182,7 +184,8 @@ def bench_scaling(records, bccd_dir: Path, sizes=(16, 64, 256)) -> list:
 
 def bench_monitor(records, epochs: int = 3) -> dict:
     "The training monitor's cost on BCCD-sized epochs: every epoch with no budget, and with the default 5% budget."
-    from boxrefine.learner import load_config, train_refiner
+    from boxrefine.config import load_config
+    from boxrefine.train import train_refiner
     from boxrefine.widgets import TrainingMonitor
     train, val = [r for r in records if r.split == "train"], [r for r in records if r.split == "val"]
     config = load_config(overrides=[f"training.epochs={epochs}"])

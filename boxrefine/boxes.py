@@ -15,7 +15,7 @@ from torchvision.ops import box_convert, box_iou as _tv_box_iou, generalized_box
 # %% auto #0
 __all__ = ['BOX_FORMATS', 'ERROR_KINDS', 'BoxError', 'check_boxes', 'check_box_pair', 'convert_boxes', 'normalize_boxes',
            'denormalize_boxes', 'clip_boxes', 'box_area', 'elementwise_iou', 'elementwise_giou', 'box_iou',
-           'generalized_box_iou', 'noise_draws', 'jitter_boxes', 'noisy_boxes', 'error_boxes']
+           'generalized_box_iou', 'stable_int', 'noise_draws', 'jitter_boxes', 'noisy_boxes', 'error_boxes']
 
 # %% ../nbs/00_boxes.ipynb #48a408fb
 class BoxError(ValueError):
@@ -166,7 +166,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return _tv_generalized_box_iou(check_boxes(boxes1, "boxes1"), check_boxes(boxes2, "boxes2"))
 
 # %% ../nbs/00_boxes.ipynb #c04ce703
-def _stable_int(x) -> int:
+def stable_int(x) -> int:
     "A 63-bit integer from `x`'s repr, the same on every machine and run (unlike `hash`)."
     return int.from_bytes(hashlib.blake2b(repr(x).encode(), digest_size=8).digest(), "little") >> 1
 
@@ -177,7 +177,7 @@ def noise_draws(
     epoch: int = 0,  # The epoch: a new one gives new noise
 ) -> Tensor:  # (n, 4) float64 uniforms in [-1, 1): centre x, centre y, width, height
     "The noise model's random draws for the boxes of one image."
-    rng = np.random.default_rng([_stable_int(seed), _stable_int(image_id), _stable_int(epoch)])
+    rng = np.random.default_rng([stable_int(seed), stable_int(image_id), stable_int(epoch)])
     return torch.from_numpy(rng.uniform(-1.0, 1.0, size=(n, 4)))
 
 # %% ../nbs/00_boxes.ipynb #3f704b6e

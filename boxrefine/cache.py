@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 import torch
+from fastcore.basics import patch
 
 from .encoder import DTYPES, EMBEDDING_SHAPE, Encoder, load_rgb
 from .machine import live_progress, user_cache_dir
+from .run import atomic_write
 
 # %% auto #0
 __all__ = ['LAYOUT', 'ENTRY_SUFFIX', 'CACHE_MARKER', 'SAFETENSORS_DTYPES', 'default_cache_dir', 'pixel_digest', 'entry_key',
-           'CacheStats', 'CorruptEntry', 'read_safetensors', 'read_entry', 'write_entry', 'FeatureCache', 'evict',
-           'get_many', 'get', 'entries', 'entry_stats', 'disk_usage', 'remove_stale_temporaries', 'NotACache', 'clear',
-           'warm']
+           'CacheStats', 'CorruptEntry', 'read_safetensors', 'read_entry', 'write_entry', 'FeatureCache', 'NotACache']
 
 # %% ../nbs/03_cache.ipynb #a60c121d
 LAYOUT = "v1"
@@ -141,20 +141,13 @@ def write_entry(
     storage_dtype: torch.dtype,  # Precision to store in
     encoder_seconds: float,  # What computing it cost, for the statistics of later hits
 ) -> int:  # Bytes written
-    "Write one entry atomically: a temporary file in the same folder, fsync, then `os.replace`."
+    "Write one entry atomically (`atomic_write`: a synced temporary file in the same folder, renamed over the entry)."
     tensors = {k: features[k].to(storage_dtype).contiguous() for k in ("image_embedding", "interm_embedding")}
     meta = dict(layout=LAYOUT, fingerprint=fingerprint, encoder_seconds=f"{encoder_seconds:.4f}",
                 original_hw=",".join(map(str, features["original_hw"])), input_hw=",".join(map(str, features["input_hw"])))
     data = safetensors.torch.save(tensors, meta)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=ENTRY_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data, suffix=ENTRY_SUFFIX)
     return len(data)
 
 # %% ../nbs/03_cache.ipynb #51ca7a95
@@ -192,6 +185,7 @@ class FeatureCache:
         return pixel_digest(rgb), rgb
 
 # %% ../nbs/03_cache.ipynb #bdbf47a2
+@patch
 @torch.no_grad()
 def _lookup(self: FeatureCache, key: str) -> dict | None:
     "The stored features of `key` (storage dtype, CPU), or None."
@@ -213,6 +207,7 @@ def _lookup(self: FeatureCache, key: str) -> dict | None:
     self._remember(key, entry)
     return entry
 
+@patch
 def _remember(self: FeatureCache, key: str, entry: dict) -> None:
     "Keep `entry` in the in-memory LRU layer, evicting the oldest beyond `memory_bytes`."
     if not self.memory_bytes: return
@@ -220,9 +215,9 @@ def _remember(self: FeatureCache, key: str, entry: dict) -> None:
     self._memory[key] = (entry, size)
     while sum(s for _, s in self._memory.values()) > self.memory_bytes: self._memory.popitem(last=False)
 
-FeatureCache._lookup, FeatureCache._remember = _lookup, _remember
 
 # %% ../nbs/03_cache.ipynb #aef06974
+@patch
 def _compute(self: FeatureCache, keyed: dict) -> dict:
     "Encode the images of `keyed` (key -> image), store each entry, return key -> stored features."
     keys = list(keyed)
@@ -243,6 +238,7 @@ def _compute(self: FeatureCache, keyed: dict) -> dict:
     if self.max_disk_bytes is not None: self.evict()
     return out
 
+@patch
 def evict(self: FeatureCache) -> int:
     "Remove least recently used entries until the cache fits `max_disk_bytes`; return how many went."
     entries = sorted(self.entry_stats(), key=lambda ps: ps[1].st_mtime_ns)
@@ -254,7 +250,6 @@ def evict(self: FeatureCache) -> int:
     self.stats.evicted += removed
     return removed
 
-FeatureCache._compute, FeatureCache.evict = _compute, evict
 
 # %% ../nbs/03_cache.ipynb #22621db5
 def _as_requested(entry: dict, device, dtype) -> dict:
@@ -262,8 +257,8 @@ def _as_requested(entry: dict, device, dtype) -> dict:
     out = {k: entry[k].to(device=device, dtype=dtype or entry[k].dtype) for k in ("image_embedding", "interm_embedding")}
     return {**out, "original_hw": tuple(entry["original_hw"]), "input_hw": tuple(entry["input_hw"])}
 
-def get_many(
-    self: FeatureCache,
+@patch
+def get_many(self: FeatureCache,
     images: list,  # Paths, PIL images or arrays
     device="cpu",  # Where the returned tensors go
     dtype: torch.dtype | None = torch.float32,  # Their dtype; None keeps the storage dtype
@@ -285,11 +280,11 @@ def get_many(
     if todo: found.update(self._compute(todo))
     return [_as_requested(found[k], device, dtype) for k in keys]
 
+@patch
 def get(self: FeatureCache, image, device="cpu", dtype: torch.dtype | None = torch.float32) -> dict:
     "Features of one image (see `get_many`)."
     return self.get_many([image], device, dtype)[0]
 
-FeatureCache.get_many, FeatureCache.get = get_many, get
 
 # %% ../nbs/03_cache.ipynb #7bfea055
 _ENTRY_NAME = re.compile(rf"[0-9a-f]{{32}}{re.escape(ENTRY_SUFFIX)}")
@@ -299,10 +294,12 @@ def _ours(p: Path, pattern) -> bool:
     "A file we wrote: named like our entries (or their temporaries) in the folders its key names."
     return pattern.fullmatch(p.name) is not None and (pattern is _TEMP_NAME or p.parent.parent.name + p.parent.name == p.name[:4])
 
+@patch
 def entries(self: FeatureCache) -> list[Path]:
     "Every entry file under this cache's layout folder (any encoder); files we did not write are not entries."
     return sorted(p for p in (self.root / LAYOUT).glob(f"*/*/*{ENTRY_SUFFIX}") if _ours(p, _ENTRY_NAME))
 
+@patch
 def entry_stats(self: FeatureCache) -> list:
     "(path, os.stat_result) of every entry; one removed meanwhile (by another process's `clear` or `evict`) is left out."
     out = []
@@ -310,11 +307,13 @@ def entry_stats(self: FeatureCache) -> list:
         with contextlib.suppress(FileNotFoundError): out.append((p, p.stat()))
     return out
 
+@patch
 def disk_usage(self: FeatureCache) -> dict:
     "Entries and bytes on disk."
     stats = self.entry_stats()
     return {"entries": len(stats), "bytes": sum(s.st_size for _, s in stats)}
 
+@patch
 def remove_stale_temporaries(self: FeatureCache, max_age_s: float = 3600) -> int:
     "Delete temporary files older than `max_age_s` (left by killed writers); return how many."
     old = [p for p in (self.root / LAYOUT).glob("*/*/.tmp-*") if _ours(p, _TEMP_NAME) and time.time() - p.stat().st_mtime > max_age_s]
@@ -324,6 +323,7 @@ def remove_stale_temporaries(self: FeatureCache, max_age_s: float = 3600) -> int
 class NotACache(ValueError):
     "A folder that does not look like a feature cache boxrefine made: nothing in it is removed."
 
+@patch
 def clear(self: FeatureCache) -> int:
     "Remove our entries and temporary files (nothing else) under this cache's layout folder; return how many entries."
     if (self.root / LAYOUT).exists() and not (self.root / CACHE_MARKER).is_file():
@@ -335,8 +335,8 @@ def clear(self: FeatureCache) -> int:
     self._memory.clear()
     return sum(_ENTRY_NAME.fullmatch(p.name) is not None for p in files)
 
-def warm(
-    self: FeatureCache,
+@patch
+def warm(self: FeatureCache,
     images: list,  # Paths (or PIL images, arrays) to make sure are cached
     progress: bool = True,  # Show a progress bar
 ) -> CacheStats:  # This cache's statistics afterwards
@@ -354,6 +354,3 @@ def warm(
               f"{self.stats.misses - before.misses} encoded, {time.perf_counter() - start_time:.1f} s", flush=True)
     return self.stats
 
-FeatureCache.entries, FeatureCache.entry_stats, FeatureCache.disk_usage = entries, entry_stats, disk_usage
-FeatureCache.remove_stale_temporaries = remove_stale_temporaries
-FeatureCache.clear, FeatureCache.warm = clear, warm

@@ -19,12 +19,12 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .boxes import ERROR_KINDS, _stable_int, error_boxes, noise_draws
+from .boxes import ERROR_KINDS, stable_int, error_boxes, noise_draws
 
 # %% auto #0
 __all__ = ['WIDE_MODES', 'DROP_REASONS', 'EXIF_TURNED', 'SamplePaths', 'sample_paths', 'ImageReadError', 'to_8bit', 'read_image',
-           'LoadConfig', 'ImageBoxes', 'CocoError', 'LoadReport', 'upright_size', 'CocoData', 'load_coco',
-           'load_sample', 'NoiseConfig', 'NoisyBoxDataset', 'collate_boxes']
+           'LoadConfig', 'ImageBoxes', 'CocoError', 'LoadReport', 'annotation_key', 'upright_size', 'CocoData',
+           'load_coco', 'load_sample', 'NoiseConfig', 'NoisyBoxDataset', 'collate_boxes']
 
 # %% ../nbs/04_data.ipynb #ac79ead1
 class SamplePaths(NamedTuple):
@@ -192,6 +192,10 @@ class _Annotations:
     category: np.ndarray  # (M,) int64
     crowd: np.ndarray  # (M,) bool
 
+def annotation_key(ann: dict, i: int):
+    "An annotation's key: its id (an int or a string, kept as it is), or its position in the file where it has none."
+    return ann["id"] if "id" in ann else ("annotations", i)
+
 def _annotation_row(ann: dict, i: int, index: dict, categories: dict, path: Path) -> tuple:
     "One annotation, checked: (id, image position, bbox, category id, crowd)."
     where = f"{path}: annotations[{i}] (id {ann.get('id', '?') if isinstance(ann, dict) else '?'})"
@@ -203,7 +207,7 @@ def _annotation_row(ann: dict, i: int, index: dict, categories: dict, path: Path
     crowd = ann.get("iscrowd", 0)
     if crowd not in (0, 1) or isinstance(crowd, float) and not crowd.is_integer():
         raise CocoError(f"{where} has iscrowd {crowd!r}: expected 0, 1, true or false")
-    return ann.get("id", ("annotations", i)), index[image_id], bbox, cat, bool(crowd)  # no id: known by its position
+    return annotation_key(ann, i), index[image_id], bbox, cat, bool(crowd)
 
 def _annotation_table(anns: list, index: dict, categories: dict, path: Path) -> _Annotations:
     "All annotations of the file, checked, as arrays."
@@ -275,7 +279,7 @@ def _wanted_categories(wanted, categories: dict, path: Path) -> list:
     if unknown: raise CocoError(f"{path}: categories {unknown} are not in the file, which has {categories}")
     return [c if c in categories else by_name[c] for c in wanted]
 
-def _sort_boxes(table: _Annotations, hw: np.ndarray, selected: np.ndarray, usable: np.ndarray, wanted: list | None,
+def _clip_and_judge_boxes(table: _Annotations, hw: np.ndarray, selected: np.ndarray, usable: np.ndarray, wanted: list | None,
                 config: LoadConfig) -> tuple:
     "Clip every box to its image; return the clipped xyxy boxes, each box's fate and which kept boxes were clipped."
     xyxy = np.concatenate([table.xywh[:, :2], table.xywh[:, :2] + table.xywh[:, 2:]], 1)
@@ -329,7 +333,7 @@ def load_coco(
     usable, missing, unreadable, mismatched = _check_image_files(image_list, selected, root, config.decode_images)
     wanted = None if config.categories is None else _wanted_categories(config.categories, categories, path)
     hw = np.array([[im["height"], im["width"]] for im in image_list], np.float64).reshape(-1, 2)
-    boxes, fate, clipped = _sort_boxes(table, hw, selected, usable, wanted, config)
+    boxes, fate, clipped = _clip_and_judge_boxes(table, hw, selected, usable, wanted, config)
     records = _image_records(image_list, usable, table, boxes, fate == "kept", root, config.split_field)
     report = LoadReport(path, len(image_list), len(table.ids), len(records), int((fate == "kept").sum()), int((~selected).sum()),
                         sum(len(r.boxes) == 0 for r in records), missing, unreadable, mismatched,
@@ -377,14 +381,14 @@ class NoiseConfig:
     def kinds(self, record: ImageBoxes, epoch: int = 0) -> np.ndarray:
         "Each box's kind of error, as an index into `ERROR_KINDS`, drawn by (seed, image, epoch) for a mix."
         if self.error_weights.max() == 1: return np.full(len(record.boxes), self.error_weights.argmax())  # one kind: no draw
-        rng = np.random.default_rng([_stable_int(self.seed), _stable_int(record.id), _stable_int(epoch), _stable_int("kind")])
+        rng = np.random.default_rng([stable_int(self.seed), stable_int(record.id), stable_int(epoch), stable_int("kind")])
         return rng.choice(len(ERROR_KINDS), size=len(record.boxes), p=self.error_weights)
 
     def levels(self, record: ImageBoxes, epoch: int = 0) -> Tensor:
         "Each box's noise level: `r`, or drawn in [r_min, r] by (seed, image, epoch)."
         n = len(record.boxes)
         if self.r_min is None: return torch.full((n,), self.r, dtype=torch.float64)
-        rng = np.random.default_rng([_stable_int(self.seed), _stable_int(record.id), _stable_int(epoch), _stable_int("level")])
+        rng = np.random.default_rng([stable_int(self.seed), stable_int(record.id), stable_int(epoch), stable_int("level")])
         return torch.from_numpy(rng.uniform(self.r_min, self.r, n))
 
     def noisy(
@@ -431,7 +435,7 @@ def _box_choice(item: dict, max_boxes: int | None, seed: int) -> Tensor:
     "Indices of the boxes of one item to keep: all, or `max_boxes` of them drawn by (seed, image, epoch), in order."
     n = len(item["boxes"])
     if max_boxes is None or n <= max_boxes: return torch.arange(n)
-    rng = np.random.default_rng([_stable_int(seed), _stable_int(item["image_id"]), _stable_int(item["epoch"]), _stable_int("collate")])
+    rng = np.random.default_rng([stable_int(seed), stable_int(item["image_id"]), stable_int(item["epoch"]), stable_int("collate")])
     return torch.from_numpy(np.sort(rng.choice(n, max_boxes, replace=False)))
 
 def _stack_features(features: list) -> dict:

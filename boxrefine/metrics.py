@@ -15,14 +15,15 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
-from .boxes import box_area, check_box_pair, convert_boxes, elementwise_iou
+from .boxes import box_area, check_box_pair, convert_boxes, elementwise_iou, noisy_boxes
 from .data import ImageBoxes, NoiseConfig
 from .encoder import box_masks
+from .loss import box_loss
 
 # %% auto #0
 __all__ = ['IOU_THRESHOLDS', 'SMALL_AREA', 'LARGE_AREA', 'METRIC_KEYS', 'TABLE_COLUMNS', 'iou_summary', 'edge_errors',
-           'size_buckets', 'box_metrics', 'coco_ap', 'evaluate_boxes', 'noisy_baseline', 'metrics_table',
-           'change_shares', 'change_line', 'mask_tight_boxes', 'sam_boxes', 'sam_baseline']
+           'size_buckets', 'box_metrics', 'coco_ap', 'evaluate_boxes', 'noisy_baseline', 'metrics_table', 'noise_table',
+           'format_table', 'change_shares', 'change_line', 'mask_tight_boxes', 'sam_boxes', 'sam_baseline']
 
 # %% ../nbs/07_metrics.ipynb #123c4eed
 IOU_THRESHOLDS = (0.5, 0.75, 0.9)
@@ -153,6 +154,31 @@ def metrics_table(
     "Metrics dicts as a Markdown table."
     head = f"| {label} | " + " | ".join(columns.values()) + " |\n|" + "---|" * (len(columns) + 1)
     return "\n".join([head] + [f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in columns) + " |" for name, m in rows.items()])
+
+# %% ../nbs/07_metrics.ipynb #a88d9b0e
+def noise_table(
+    records: list,  # `ImageBoxes` from `load_coco`
+    levels=(0.1, 0.2, 0.4),  # Noise levels r
+    seed: int = 0,  # The noise seed
+) -> list[dict]:  # One row per noise level
+    "How far noisy boxes are from the truth at each noise level: IoU and the box loss."
+    true = torch.cat([r.boxes for r in records])
+    hw = torch.cat([torch.tensor([r.image_hw] * len(r.boxes), dtype=torch.float32) for r in records])
+    rows = []
+    for level in levels:
+        noisy = torch.cat([noisy_boxes(r.boxes, r.image_hw, level, seed, r.id) for r in records])
+        iou, loss = elementwise_iou(noisy, true), box_loss(noisy, true, hw)
+        rows.append({"r": level, "boxes": len(true), "mean_iou": iou.mean().item(), "iou_ge_0.75": (iou >= 0.75).float().mean().item(),
+                     "l1": loss.l1.item(), "giou": loss.giou.item(), "loss": loss.total.item(),
+                     "pixel_l1": (noisy - true).abs().sum(1).mean().item()})
+    return rows
+
+def format_table(rows: list[dict]) -> str:
+    "Rows of dicts as an aligned text table."
+    keys = list(rows[0])
+    cells = [keys] + [[f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys] for row in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(keys))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells)
 
 # %% ../nbs/07_metrics.ipynb #fee17950
 def change_shares(

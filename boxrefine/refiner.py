@@ -24,12 +24,13 @@ from torchvision.ops import roi_align
 from .boxes import check_boxes, clip_boxes, elementwise_iou
 from .encoder import Encoder, EncoderConfig, ImageTransform, load_rgb
 from .loss import LossConfig, box_loss
+from .run import NotARefinerCheckpoint, checkpoint_file, read_checkpoint
 
 # %% auto #0
 __all__ = ['SAM_INPUTS', 'PIXEL_MEAN', 'PIXEL_STD', 'REQUIRED_STATE', 'RefinerConfig', 'context_boxes', 'apply_deltas',
            'CropEncoder', 'image_crops', 'FeatureRoI', 'feature_windows', 'box_geometry', 'NonFiniteOutput',
            'BoxRefinerNet', 'RefinerLoss', 'refiner_loss', 'EncoderMismatch', 'read_safetensors_refiner',
-           'NotARefinerCheckpoint', 'read_refiner_checkpoint', 'BoxRefiner', 'image_inputs', 'Refinement', 'gate_boxes']
+           'read_refiner_checkpoint', 'BoxRefiner', 'image_inputs', 'Refinement', 'gate_boxes']
 
 # %% ../nbs/05_refiner.ipynb #53994633
 SAM_INPUTS = ("off", "embedding", "embedding+interm", "auto")
@@ -211,22 +212,9 @@ def read_safetensors_refiner(path) -> tuple:
     if missing: raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner: its metadata lacks {missing}")
     return state, extra
 
-class NotARefinerCheckpoint(ValueError):
-    "A file that is not a boxrefine refiner checkpoint."
-
 def read_refiner_checkpoint(path) -> dict:
     "A refiner checkpoint (from a run folder's best.pt, or a file), checked for what `BoxRefiner` needs."
-    path = Path(path)
-    path = path / "best.pt" if path.is_dir() else path
-    if not path.is_file(): raise FileNotFoundError(f"no refiner checkpoint at {path}")
-    try: ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no pickled code runs
-    except Exception as e:
-        first = next((l.strip() for l in str(e).splitlines() if l.strip()), "")
-        raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: {type(e).__name__}: {first[:200]}") from None
-    if not isinstance(ckpt, dict): raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: it holds a {type(ckpt).__name__}")
-    missing = [k for k in REQUIRED_STATE if k not in (ckpt.get("extra_state") or {})] + ["model"] * ("model" not in ckpt)
-    if missing: raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: it lacks {missing}")
-    return ckpt
+    return read_checkpoint(path, REQUIRED_STATE)
 
 # %% ../nbs/05_refiner.ipynb #9b638ef9
 class BoxRefiner:
@@ -255,7 +243,7 @@ class BoxRefiner:
             return cls.from_state(*read_safetensors_refiner(path), about=str(path))
         ckpt = read_refiner_checkpoint(path)
         extra = {**ckpt["extra_state"], "min_gain": ckpt.get("min_gain", 0.0)}
-        return cls.from_state(ckpt["model"], extra, about=str(path / "best.pt" if path.is_dir() else path))
+        return cls.from_state(ckpt["model"], extra, about=str(checkpoint_file(path)))
 
     def extra_state(self) -> dict:
         "What a checkpoint must hold besides the weights to rebuild this refiner."

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import time
 from pathlib import Path
 
@@ -18,9 +17,13 @@ import torch
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from .boxes import check_boxes, convert_boxes, elementwise_iou
-from .data import collate_boxes, read_image
-from .learner import Callback, _as_device, plot_curves
+from .boxes import check_boxes, convert_boxes, elementwise_iou, noisy_boxes
+from fastcore.basics import patch
+
+from .data import annotation_key, collate_boxes, read_image
+from .learner import Callback, to_device
+from .run import atomic_write
+from .train import plot_curves
 
 BOX_STYLES = {
     "true": dict(edgecolor="#00e000", linewidth=2.0, linestyle="-"),
@@ -29,10 +32,9 @@ BOX_STYLES = {
 }
 
 # %% auto #0
-__all__ = ['BOX_STYLES', 'REFRESH_CHOICES', 'BOX_KINDS', 'THUMBNAIL_SIDE', 'NUDGES', 'show_boxes', 'in_notebook', 'figure_png',
-           'TrainingMonitor', 'predict_page', 'page_indices', 'draw_page', 'boxes_figure', 'curves_figure', 'thumbnail',
-           'refresh', 'snapshot', 'set_page', 'set_kind', 'drawn_boxes', 'ReviewSession', 'decide', 'final_box',
-           'write', 'ReviewWidget']
+__all__ = ['BOX_STYLES', 'REFRESH_CHOICES', 'BOX_KINDS', 'THUMBNAIL_SIDE', 'NUDGES', 'show_boxes', 'noise_picture',
+           'refinement_picture', 'in_notebook', 'figure_png', 'TrainingMonitor', 'drawn_boxes', 'ReviewSession',
+           'ReviewWidget']
 
 # %% ../nbs/08_widgets.ipynb #d0d38ef3
 def show_boxes(
@@ -65,6 +67,36 @@ def show_boxes(
             ax.text(x1, y1 - 2, f"{iou:.2f}", color=BOX_STYLES["pred"]["edgecolor"], fontsize=6, va="bottom")
     if legend and handles: ax.legend(handles=handles, loc="upper right", framealpha=0.8, fontsize=8)
     return ax
+
+# %% ../nbs/08_widgets.ipynb #55029df3
+def noise_picture(
+    record,  # One `ImageBoxes`
+    levels=(0.1, 0.2, 0.4),  # Noise levels r, one panel each
+    seed: int = 0,  # The noise seed
+):  # The matplotlib figure
+    "One panel per noise level: the image with its true and noisy boxes."
+    image = read_image(record.path)
+    fig, axs = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4), squeeze=False)
+    for ax, level in zip(axs[0], levels):
+        noisy = noisy_boxes(record.boxes, record.image_hw, level, seed, record.id)
+        show_boxes(image, true=record.boxes, noisy=noisy, ax=ax, title=f"{record.file_name}, r = {level}")
+    fig.tight_layout()
+    return fig
+
+def refinement_picture(
+    refiner,  # A `BoxRefiner`
+    record,  # One `ImageBoxes`
+    noise,  # The `NoiseConfig` of the input boxes
+):  # The matplotlib figure
+    "True, noisy and refined boxes of one image, with the mean IoU of the noisy and the refined ones."
+    noisy = noise.noisy(record)
+    refined, _ = refiner.refine(record.path, noisy)
+    fig, ax = plt.subplots(figsize=(8, 6))
+    before, after = (elementwise_iou(b, record.boxes).mean() for b in (noisy, refined))
+    show_boxes(read_image(record.path), true=record.boxes, noisy=noisy, pred=refined, ax=ax,
+               title=f"{record.file_name}: mean IoU noisy {before:.3f}, refined {after:.3f}")
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/08_widgets.ipynb #b2a1b632
 def in_notebook() -> bool:
@@ -131,12 +163,13 @@ class TrainingMonitor(Callback):
     def n_pages(self) -> int: return max(1, -(-len(self.learn.valid_dl.dataset) // self.n_images))
 
 # %% ../nbs/08_widgets.ipynb #c9bdb624
+@patch
 @torch.no_grad()
 def predict_page(self: TrainingMonitor) -> list:
     "Items of the current page, with the model's current boxes for each in `self.preds`."
     learn, ds = self.learn, self.learn.valid_dl.dataset
     items = [ds[i] for i in self.page_indices()]
-    batch = _as_device(collate_boxes(items), learn.device)
+    batch = to_device(collate_boxes(items), learn.device)
     was_training = learn.model.training
     learn.model.eval()
     try: boxes = learn.model(batch)["boxes"][-1].float().cpu()
@@ -144,11 +177,13 @@ def predict_page(self: TrainingMonitor) -> list:
     for i, part in zip(self.page_indices(), boxes.split([len(it["boxes"]) for it in items])): self.preds[i] = part
     return items
 
+@patch
 def page_indices(self: TrainingMonitor) -> range:
     "Indices of the current page's validation images."
     start = self.page * self.n_images
     return range(start, min(start + self.n_images, len(self.learn.valid_dl.dataset)))
 
+@patch
 def draw_page(self: TrainingMonitor, axs, items: list) -> None:
     "The page's images on `axs`, with the chosen kinds of box."
     for ax in axs: ax.set_axis_off()
@@ -156,6 +191,7 @@ def draw_page(self: TrainingMonitor, axs, items: list) -> None:
         show = {k: v for k, v in (("true", item["boxes"]), ("noisy", item["noisy"]), ("pred", self.preds.get(i))) if k in self.kinds and v is not None}
         show_boxes(self.thumbnail(item["path"]), **show, ax=ax, legend=ax is axs[0], title=f"image {item['image_id']}", max_side=THUMBNAIL_SIDE)
 
+@patch
 def boxes_figure(self: TrainingMonitor, items: list):
     "The page's images with the chosen kinds of box."
     fig, axs = plt.subplots(1, self.n_images, figsize=(3.2 * self.n_images, 2.7), squeeze=False)
@@ -164,23 +200,23 @@ def boxes_figure(self: TrainingMonitor, items: list):
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.86, wspace=0.03)  # fixed layout: tight_layout costs a third of a refresh
     return fig
 
+@patch
 def curves_figure(self: TrainingMonitor):
     "Training loss per step, validation loss and mean IoU per epoch."
     return plot_curves(self.learn.history, step_losses=getattr(self.learn, "step_losses", None), steps_per_epoch=len(self.learn.train_dl))
 
 THUMBNAIL_SIDE = 320
 
+@patch
 def thumbnail(self: TrainingMonitor, path) -> np.ndarray:
     "A validation image, decoded once per run."
     cache = self.__dict__.setdefault("_images", {})
     if path not in cache: cache[path] = read_image(path)
     return cache[path]
 
-TrainingMonitor.predict_page, TrainingMonitor.page_indices, TrainingMonitor.thumbnail = predict_page, page_indices, thumbnail
-TrainingMonitor.draw_page = draw_page
-TrainingMonitor.boxes_figure, TrainingMonitor.curves_figure = boxes_figure, curves_figure
 
 # %% ../nbs/08_widgets.ipynb #b8f8fffa
+@patch
 def refresh(self: TrainingMonitor) -> None:
     "Predict the page, redraw both pictures, show or save them; the time it takes is counted."
     start = time.perf_counter()
@@ -191,10 +227,11 @@ def refresh(self: TrainingMonitor) -> None:
     if self.widget is not None: self.curves_image.value, self.boxes_image.value = pngs
     if self.save_dir is not None:
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        for name, png in zip(("monitor-curves.png", "monitor-boxes.png"), pngs): (self.save_dir / name).write_bytes(png)
+        for name, png in zip(("monitor-curves.png", "monitor-boxes.png"), pngs): atomic_write(self.save_dir / name, png)
     self.refreshes += 1
     self.seconds += time.perf_counter() - start
 
+@patch
 def snapshot(self: TrainingMonitor):
     "The monitor's current state as one static matplotlib figure."
     items = self.predict_page()
@@ -207,9 +244,9 @@ def snapshot(self: TrainingMonitor):
     fig.tight_layout()
     return fig
 
-TrainingMonitor.refresh, TrainingMonitor.snapshot = refresh, snapshot
 
 # %% ../nbs/08_widgets.ipynb #9dd29e0e
+@patch
 def _build_widget(self: TrainingMonitor) -> None:
     import ipywidgets as W
     from IPython.display import display
@@ -225,6 +262,7 @@ def _build_widget(self: TrainingMonitor) -> None:
     self.widget = W.VBox([self.curves_image, controls, self.boxes_image])
     if in_notebook(): display(self.widget)  # built but not shown when driven headlessly (tests, executed docs)
 
+@patch
 def set_page(self: TrainingMonitor, page: int) -> None:
     "Show validation page `page` (0-based) and redraw."
     page = min(max(page, 0), self.n_pages - 1)
@@ -234,6 +272,7 @@ def set_page(self: TrainingMonitor, page: int) -> None:
     self.page = page
     self.refresh()
 
+@patch
 def set_kind(self: TrainingMonitor, kind: str, visible: bool) -> None:
     "Show or hide one kind of box ('true', 'noisy' or 'pred') and redraw."
     if kind not in BOX_KINDS: raise ValueError(f"kind must be one of {BOX_KINDS}, got {kind!r}")
@@ -243,7 +282,6 @@ def set_kind(self: TrainingMonitor, kind: str, visible: bool) -> None:
     self.kinds = self.kinds | {kind} if visible else self.kinds - {kind}
     self.refresh()
 
-TrainingMonitor._build_widget, TrainingMonitor.set_page, TrainingMonitor.set_kind = _build_widget, set_page, set_kind
 
 # %% ../nbs/08_widgets.ipynb #01cb496a
 def drawn_boxes(ax, kind: str) -> torch.Tensor:
@@ -252,15 +290,6 @@ def drawn_boxes(ax, kind: str) -> torch.Tensor:
                          for p in ax.patches if p.get_label() == kind]).reshape(-1, 4)
 
 # %% ../nbs/08_widgets.ipynb #2aba551d
-def _atomic_write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-def _ann_key(ann: dict, i: int):
-    "An annotation's key: its id (an int or a string, kept as it is), or its position where it has none."
-    return ann["id"] if "id" in ann else ("annotations", i)
-
 def _key_text(key) -> str: return json.dumps(list(key) if isinstance(key, tuple) else key)  # 5 and "5" stay apart
 def _key_from(text: str):
     value = json.loads(text)
@@ -278,7 +307,7 @@ class ReviewSession:
         self.out = Path(out) if out else self.refined_path.with_name(self.refined_path.stem + ".reviewed.json")
         if self.out.resolve() == self.refined_path.resolve(): raise ValueError(f"out {self.out} is the input file: choose another")
         self.coco = json.loads(self.refined_path.read_text())
-        self.anns = {_ann_key(a, i): a for i, a in enumerate(self.coco["annotations"]) if "bbox_input" in a}
+        self.anns = {annotation_key(a, i): a for i, a in enumerate(self.coco["annotations"]) if "bbox_input" in a}
         if not self.anns: raise ValueError(f"{self.refined_path} has no refined annotations (bbox_input): run `boxrefine refine` first")
         self.files = {im["id"]: im["file_name"] for im in self.coco["images"]}
         self.decisions_path = self.out.with_name(self.out.name + ".decisions.json")
@@ -309,6 +338,7 @@ class ReviewSession:
         raise ValueError(f"order by 'moved' or 'quality', got {by!r}")
 
 # %% ../nbs/08_widgets.ipynb #adf35e5d
+@patch
 def decide(self: ReviewSession, ann_id, action: str, delta=None) -> dict:
     "Record a decision on one box and save all decisions at once."
     if ann_id not in self.anns: raise KeyError(f"annotation {ann_id} is not a refined box of {self.refined_path}")
@@ -319,10 +349,11 @@ def decide(self: ReviewSession, ann_id, action: str, delta=None) -> dict:
         total = [a + b for a, b in zip(old.get("delta", [0, 0, 0, 0]), delta)] if old.get("action") == "nudge" else list(delta)
         self.decisions[ann_id] = {"action": "nudge", "delta": [float(v) for v in total]}
     else: self.decisions[ann_id] = {"action": action}
-    _atomic_write_json(self.decisions_path, {"refined": self.refined_digest,
-                                             "decisions": {_key_text(k): v for k, v in self.decisions.items()}})
+    decisions = {"refined": self.refined_digest, "decisions": {_key_text(k): v for k, v in self.decisions.items()}}
+    atomic_write(self.decisions_path, json.dumps(decisions, indent=1))
     return self.decisions[ann_id]
 
+@patch
 def final_box(self: ReviewSession, ann_id) -> list:
     "The xywh box a decision gives."
     a, d = self.anns[ann_id], self.decisions.get(ann_id, {})
@@ -333,21 +364,21 @@ def final_box(self: ReviewSession, ann_id) -> list:
         return [round(x1, 2), round(y1, 2), round(max(x2 - x1, 1.0), 2), round(max(y2 - y1, 1.0), 2)]
     return list(a["bbox"])
 
+@patch
 def write(self: ReviewSession) -> Path:
     "Write the reviewed COCO file (a new file; the refined input is not touched)."
     out = json.loads(json.dumps(self.coco))
     for i, a in enumerate(out["annotations"]):
-        key = _ann_key(a, i)
+        key = annotation_key(a, i)
         if key not in self.anns: continue
         d = self.decisions.get(key)
         a["bbox"] = self.final_box(key)
         a["review"] = d["action"] if d else "pending"
         if not a.get("segmentation"): a["area"] = round(a["bbox"][2] * a["bbox"][3], 2)
     out.setdefault("info", {})["boxrefine_review"] = self.refined_digest
-    _atomic_write_json(self.out, out)
+    atomic_write(self.out, json.dumps(out, indent=1))
     return self.out
 
-ReviewSession.decide, ReviewSession.final_box, ReviewSession.write = decide, final_box, write
 
 # %% ../nbs/08_widgets.ipynb #6495684f
 NUDGES = {"left ←": (-1, 0, 0, 0), "left →": (1, 0, 0, 0), "top ↑": (0, -1, 0, 0), "top ↓": (0, 1, 0, 0),

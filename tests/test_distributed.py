@@ -8,7 +8,8 @@ import warnings
 from boxrefine.cache import FeatureCache
 from boxrefine.data import load_sample
 from boxrefine.encoder import Encoder, EncoderConfig, RandomWeightsWarning
-from boxrefine.learner import load_config, split_records, validate_checkpoint
+from boxrefine.config import load_config
+from boxrefine.train import split_records, validate_checkpoint
 from test_cli import SAMPLE
 
 

@@ -48,7 +48,8 @@ def test_auto_on_this_machine_follows_its_capability(tmp_path, monkeypatch):
 
 def test_a_run_records_its_precision_in_every_epoch(tmp_path):
     from boxrefine.data import load_sample
-    from boxrefine.learner import load_config, split_records, train_refiner
+    from boxrefine.config import load_config
+    from boxrefine.train import split_records, train_refiner
     train, val = split_records(load_sample(verbose=False).records, load_config().data)
     learn = train_refiner(load_config(overrides=["training.epochs=1", "data.batch_size=2"]), train[:2], val[:2], tmp_path / "run",
                           progress=False)

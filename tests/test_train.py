@@ -10,7 +10,9 @@ import torch
 from boxrefine.cache import FeatureCache
 from boxrefine.data import load_sample, sample_paths
 from boxrefine.encoder import Encoder, EncoderConfig, RandomWeightsWarning
-from boxrefine.learner import (Callback, NonFiniteLoss, StopAfterCB, load_config, split_records, train_refiner)
+from boxrefine.config import load_config
+from boxrefine.learner import Callback, NonFiniteLoss, StopAfterCB
+from boxrefine.train import split_records, train_refiner
 from boxrefine.metrics import METRIC_KEYS
 from boxrefine.refiner import BoxRefiner, EncoderMismatch
 from test_cli import SAMPLE, run

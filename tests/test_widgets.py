@@ -4,9 +4,10 @@ import json
 import pytest
 import torch
 
-from boxrefine.cli import refine_records, refined_coco
+from boxrefine.inference import refine_records, refined_coco
 from boxrefine.data import sample_paths, load_sample
-from boxrefine.learner import DataConfig, load_config, split_records, train_refiner
+from boxrefine.config import DataConfig, load_config
+from boxrefine.train import split_records, train_refiner
 from boxrefine.widgets import ReviewSession, ReviewWidget, TrainingMonitor, drawn_boxes
 
 
