@@ -102,6 +102,9 @@ run_tests() {
     say "notebooks and boxrefine/ in sync (nbdev_export)";  check_unchanged "export" "$bin/nbdev_export"
     say "notebooks clean (nbdev_clean)";                    check_unchanged "clean" "$bin/nbdev_clean"
     say "README generated from nbs/index.ipynb";            check_unchanged "readme" "$PY" tools/docs.py readme
+    say "lint and format (ruff: lines <= 120, no joined statements, pyflakes)"
+    "$bin/ruff" check .
+    "$bin/ruff" format --check nbs tests bench tools
     # two notebooks at a time, one thread each: two torch processes with two threads each on two cores run 5x slower
     say "notebooks run (nbdev_test)";                       OMP_NUM_THREADS=1 "$bin/nbdev_test" --n_workers 2
     say "pytest tests/ (includes the offline docs build and its browser check)"

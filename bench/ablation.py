@@ -7,6 +7,7 @@ reporting), with the deterministic random-weight vit_tiny encoder. Prints a Mark
 IoU and share >= 0.75 of the best epoch, seconds per training step of 8 images with a warm cache, and the
 training wall time. SAM-feature configurations warm the feature cache first (not counted in the step time).
 """
+
 import argparse
 import json
 import time
@@ -43,7 +44,8 @@ def main():
     cache = None
     rows = []
     for name, overrides in CONFIGS.items():
-        if args.only and name not in args.only: continue
+        if args.only and name not in args.only:
+            continue
         config = load_config(overrides=overrides + [f"training.epochs={args.epochs}"])
         if config.model.sam != "off" and cache is None:
             with warnings.catch_warnings():
@@ -54,17 +56,37 @@ def main():
             print(f"cache warmed in {time.perf_counter() - start:.0f} s: {cache.stats}", flush=True)
         calls = cache.encoder.calls if cache else 0
         start = time.perf_counter()
-        learn = train_refiner(config, train, val, cache=cache if config.model.sam != "off" else None, progress=False, random_weights=True)
+        learn = train_refiner(
+            config, train, val, cache=cache if config.model.sam != "off" else None, progress=False, random_weights=True
+        )
         wall = time.perf_counter() - start
-        if cache: assert cache.encoder.calls == calls, "training called the encoder"
+        if cache:
+            assert cache.encoder.calls == calls, "training called the encoder"
         best = max(learn.history, key=lambda h: h["val_mean_iou"])
         step = sum(h["train_seconds"] for h in learn.history) / (len(learn.history) * len(learn.train_dl))
-        rows.append({"config": name, "val_mean_iou": best["val_mean_iou"], "val_iou_ge_0.75": best["val_iou_ge_0.75"],
-                     "noisy_mean_iou": best["noisy_mean_iou"], "s_per_step": step, "train_s": wall})
+        rows.append(
+            {
+                "config": name,
+                "val_mean_iou": best["val_mean_iou"],
+                "val_iou_ge_0.75": best["val_iou_ge_0.75"],
+                "noisy_mean_iou": best["noisy_mean_iou"],
+                "s_per_step": step,
+                "train_s": wall,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\nBCCD val ({len(val)} images), noise r = 0.2, {args.epochs} epochs, random-weight vit_tiny; noisy input mean IoU {rows[0]['noisy_mean_iou']:.3f}\n")
-    print("| inputs, passes | val mean IoU | val IoU ≥ 0.75 | s per step (8 images) | training s |\n|---|---|---|---|---|")
-    for r in rows: print(f"| {r['config']} | {r['val_mean_iou']:.3f} | {r['val_iou_ge_0.75']:.3f} | {r['s_per_step']:.3f} | {r['train_s']:.0f} |")
+    print(
+        f"\nBCCD val ({len(val)} images), noise r = 0.2, {args.epochs} epochs, random-weight vit_tiny; noisy input "
+        f"mean IoU {rows[0]['noisy_mean_iou']:.3f}\n"
+    )
+    print(
+        "| inputs, passes | val mean IoU | val IoU ≥ 0.75 | s per step (8 images) | training s |\n|---|---|---|---|---|"
+    )
+    for r in rows:
+        print(
+            f"| {r['config']} | {r['val_mean_iou']:.3f} | {r['val_iou_ge_0.75']:.3f} | {r['s_per_step']:.3f} | "
+            f"{r['train_s']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ decode, hash, read and verify every entry) in seconds and as a ratio, the warm p
 throughput of the entries (read and verified with safetensors) against a plain `numpy.fromfile` of the same bytes.
 Goals: warm pass at least 50x faster than cold; load throughput at least 0.8x the plain read; 100% hits.
 """
+
 import argparse
 import json
 import tempfile
@@ -29,17 +30,20 @@ def bccd_images(ann: Path, n: int) -> list:
 
 
 def load_throughput(cache: FeatureCache, repeats: int = 15) -> tuple:
-    "Best-of-`repeats` MiB/s of reading and verifying every entry, and of numpy.fromfile on the same files, interleaved."
+    "Best-of-`repeats` MiB/s of reading and verifying every entry, and of numpy.fromfile, interleaved."
     files = cache.entries()
     size = sum(p.stat().st_size for p in files) / 2**20
     dtype = DTYPES[cache.encoder.config.storage_dtype]
-    readers = {"plain": lambda p: np.fromfile(p, dtype=np.uint8),
-               "ours": lambda p: read_entry(p, cache.fingerprint, cache.encoder.interm_channels, dtype)}
+    readers = {
+        "plain": lambda p: np.fromfile(p, dtype=np.uint8),
+        "ours": lambda p: read_entry(p, cache.fingerprint, cache.encoder.interm_channels, dtype),
+    }
     best = {name: float("inf") for name in readers}
     for _ in range(repeats):  # interleaved, so that a noisy moment hits both
         for name, read in readers.items():
             start = time.perf_counter()
-            for p in files: read(p)
+            for p in files:
+                read(p)
             best[name] = min(best[name], time.perf_counter() - start)
     return size / best["ours"], size / best["plain"]
 
@@ -69,13 +73,25 @@ def main():
     assert encoder.calls == calls and len(feats) == len(images)
 
     ours, plain = load_throughput(warm)
-    print(f"feature cache, {args.model} (random weights, {encoder.config.autocast} autocast, {encoder.config.storage_dtype} storage), "
-          f"{len(images)} BCCD images, {torch.get_num_threads()} threads")
-    print(f"  cold pass: {cold_s:8.2f} s  ({cold_s / len(images):.3f} s per image; encoder {cold.stats.encoder_seconds:.2f} s)")
+    print(
+        f"feature cache, {args.model} (random weights, {encoder.config.autocast} autocast, "
+        f"{encoder.config.storage_dtype} storage), "
+        f"{len(images)} BCCD images, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"  cold pass: {cold_s:8.2f} s  ({cold_s / len(images):.3f} s per image; encoder "
+        f"{cold.stats.encoder_seconds:.2f} s)"
+    )
     print(f"  warm pass: {warm_s:8.3f} s  ({1000 * warm_s / len(images):.1f} ms per image)")
     print(f"  warm / cold speed-up: {cold_s / warm_s:.0f}x   (goal >= 50x)")
-    print(f"  warm-pass hit rate: {warm.stats.hit_rate:.1%}   (goal 100%); encoder calls in the warm pass: {encoder.calls - calls}")
-    print(f"  load throughput: {ours:.0f} MiB/s vs numpy.fromfile {plain:.0f} MiB/s = {ours / plain:.2f}x   (goal >= 0.8x)")
+    print(
+        f"  warm-pass hit rate: {warm.stats.hit_rate:.1%}   (goal 100%); encoder calls in the warm pass: "
+        f"{encoder.calls - calls}"
+    )
+    print(
+        f"  load throughput: {ours:.0f} MiB/s vs numpy.fromfile {plain:.0f} MiB/s = {ours / plain:.2f}x   (goal >= "
+        "0.8x)"
+    )
     print(f"  on disk: {warm.disk_usage()['entries']} entries, {warm.disk_usage()['bytes'] / 2**20:.1f} MiB in {root}")
 
 

@@ -7,6 +7,7 @@ is scored), then refines val boxes made wrong in each way (seed 1) and prints, p
 the input and of the refined boxes, and the share of boxes made worse by more than 0.05. Tuning data only:
 no test images are read.
 """
+
 import argparse
 import json
 import time
@@ -15,7 +16,15 @@ from pathlib import Path
 
 import torch
 
-KINDS = (("jitter", 0.2), ("jitter", 0.1), ("clean", 0.0), ("larger", 0.2), ("smaller", 0.2), ("shift", 0.2), ("edge", 0.2))
+KINDS = (
+    ("jitter", 0.2),
+    ("jitter", 0.1),
+    ("clean", 0.0),
+    ("larger", 0.2),
+    ("smaller", 0.2),
+    ("shift", 0.2),
+    ("edge", 0.2),
+)
 
 
 def main():
@@ -25,8 +34,11 @@ def main():
     from boxrefine.config import load_config
     from boxrefine.train import train_refiner
     from boxrefine.machine import cpu_description
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bccd", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "bccd")
+    p.add_argument(
+        "--bccd", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "bccd"
+    )
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--mix", nargs="+", default=["jitter", "jitter:3 clean:1 larger:1 smaller:1 shift:1 edge:1"])
     args = p.parse_args()
@@ -45,7 +57,9 @@ def main():
             refined = [o.boxes for o in refine_records(refiner, val, noisy, progress=False)]
             before = torch.cat([elementwise_iou(n, x.boxes) for n, x in zip(noisy, val)])
             after = torch.cat([elementwise_iou(f, x.boxes) for f, x in zip(refined, val)])
-            row[f"{kind} r={r}"] = f"{before.mean():.3f} -> {after.mean():.3f} (worse: {(after < before - 0.05).float().mean():.0%})"
+            row[f"{kind} r={r}"] = (
+                f"{before.mean():.3f} -> {after.mean():.3f} (worse: {(after < before - 0.05).float().mean():.0%})"
+            )
         print(json.dumps(row, indent=1), flush=True)
 
 

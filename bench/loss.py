@@ -5,6 +5,7 @@
 Prints milliseconds per call (median of the repeats) and ratios measured in the same run, so that the cost of our
 input validation and the L1 term is visible. Not a test: these machines are noisy, so only same-run ratios mean much.
 """
+
 import argparse
 import statistics
 import time
@@ -24,7 +25,9 @@ def median_ms(fn, repeats):
     fn()  # warm-up
     times = []
     for _ in range(repeats):
-        start = time.perf_counter(); fn(); times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
@@ -41,12 +44,16 @@ def main():
         return lambda: loss_fn().backward()
 
     rows = {
-        "torchvision generalized_box_iou_loss (mean)": step(lambda: generalized_box_iou_loss(pred, target, reduction="mean")),
+        "torchvision generalized_box_iou_loss (mean)": step(
+            lambda: generalized_box_iou_loss(pred, target, reduction="mean")
+        ),
         "boxrefine giou_loss (mean, validated)": step(lambda: giou_loss(pred, target).mean()),
         "boxrefine box_loss (L1 + GIoU, validated)": step(lambda: box_loss(pred, target, (480, 640)).total),
         "boxrefine box_loss, bf16 inputs": step(lambda: box_loss(pred.bfloat16(), target.bfloat16(), (480, 640)).total),
     }
-    print(f"box loss, forward + backward, {args.boxes} boxes, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(
+        f"box loss, forward + backward, {args.boxes} boxes, {torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     base = None
     for name, fn in rows.items():
         ms = median_ms(fn, args.repeats)

@@ -15,6 +15,7 @@ images (validation: S's val split) and scores each on S's test split. Input erro
 jitter at r = 0.1 and 0.2, boxes too large, too small, shifted and with one edge off at level 0.2 (seed 0).
 Tuning data only feeds training and the gate: test images are read only for scoring.
 """
+
 import argparse
 import json
 import tempfile
@@ -26,13 +27,22 @@ import torch
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 SETS = ("bccd", "aquarium", "license_plates")
-INPUTS = (("clean", 0.2), ("jitter", 0.1), ("jitter", 0.2), ("larger", 0.2), ("smaller", 0.2), ("shift", 0.2), ("edge", 0.2))
+INPUTS = (
+    ("clean", 0.2),
+    ("jitter", 0.1),
+    ("jitter", 0.2),
+    ("larger", 0.2),
+    ("smaller", 0.2),
+    ("shift", 0.2),
+    ("edge", 0.2),
+)
 SIZES = (25, 50, 100, None)
 
 
 def load(name):
     from boxrefine.data import load_coco
     from boxrefine.train import VAL_SPLITS
+
     records = load_coco(DATA / name / "instances.json", DATA / name / "images", verbose=False).records
     split = {s: [r for r in records if r.split == s] for s in ("train", "test")}
     return split["train"], [r for r in records if r.split in VAL_SPLITS], split["test"]
@@ -41,12 +51,14 @@ def load(name):
 def subset(records, n):
     "A seeded choice of n training images (all with n None)."
     from boxrefine.boxes import stable_int
+
     return records if n is None else sorted(records, key=lambda r: stable_int((0, r.id)))[:n]
 
 
 def train(train_records, val_records, init, settings=()):
     from boxrefine.config import load_config
     from boxrefine.train import train_refiner
+
     config = load_config(overrides=[f"training.init={init}", *settings])
     with tempfile.TemporaryDirectory() as run:
         learn = train_refiner(config, train_records, val_records, Path(run) / "run", progress=False)
@@ -59,6 +71,7 @@ def score(refiner, records, inputs=INPUTS):
     from boxrefine.inference import refine_records
     from boxrefine.data import NoiseConfig
     from boxrefine.metrics import change_shares
+
     rows = {}
     for kind, r in inputs:
         noise = NoiseConfig(r=r, seed=0, errors=kind)
@@ -66,73 +79,107 @@ def score(refiner, records, inputs=INPUTS):
         out = refine_records(refiner, records, noisy, progress=False)
         before = torch.cat([elementwise_iou(n, x.boxes) for n, x in zip(noisy, records)])
         after = torch.cat([elementwise_iou(o.boxes, x.boxes) for o, x in zip(out, records)])
-        rows[f"{kind} {r}" if kind == "jitter" else kind] = {"input": before.mean().item(), "output": after.mean().item(),
-                                                           **change_shares(before, after)}
+        rows[f"{kind} {r}" if kind == "jitter" else kind] = {
+            "input": before.mean().item(),
+            "output": after.mean().item(),
+            **change_shares(before, after),
+        }
     return rows
 
 
 def prior_command(args):
     from boxrefine.machine import cpu_description
+
     parts = [load(s) for s in args.sets]
     tr, va = [r for p in parts for r in p[0]], [r for p in parts for r in p[1]]
     start = time.perf_counter()
     refiner, config = train(tr, va, "scratch", [f"training.epochs={args.epochs}"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     about = f"{' + '.join(args.sets)} train splits, {len(tr)} images, {sum(len(r.boxes) for r in tr)} boxes"
-    refiner.save(args.out, trained_on=about, training=f"{args.epochs} epochs from scratch, defaults otherwise, "
-                 f"{time.perf_counter() - start:.0f} s on {cpu_description()}", made_by="python bench/quality.py prior")
+    refiner.save(
+        args.out,
+        trained_on=about,
+        training=f"{args.epochs} epochs from scratch, defaults otherwise, "
+        f"{time.perf_counter() - start:.0f} s on {cpu_description()}",
+        made_by="python bench/quality.py prior",
+    )
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB): {about}, min_gain {refiner.min_gain:+.2f}")
 
 
 def gate_command(args):
-    "Choose the gate's margin of a refiner file again, on the val splits of the sets it was trained on, and save it in place."
+    "Choose the gate's margin of a refiner file again, on the val splits of its training sets; save in place."
     from functools import partial
     from boxrefine.config import Config
     from boxrefine.gate import gate_line
     from boxrefine.train import choose_min_gain, record_inputs
     from boxrefine.prior import prior_info
     from boxrefine.refiner import BoxRefiner
+
     refiner, info = BoxRefiner.load(args.refiner), prior_info(args.refiner)
     val = [r for s in args.sets for r in load(s)[1]]
-    gate = choose_min_gain(refiner.net, val, Config(), partial(record_inputs, use_sam=False), torch.device("cpu"), "fp32")
+    gate = choose_min_gain(
+        refiner.net, val, Config(), partial(record_inputs, use_sam=False), torch.device("cpu"), "fp32"
+    )
     print(gate_line(gate))
     refiner.min_gain = gate["min_gain"]
-    refiner.save(args.refiner, **{k: v for k, v in info.items() if k in ("trained_on", "training", "made_by")},
-                 gate=f"chosen by python bench/quality.py gate on {' + '.join(args.sets)} val splits")
+    refiner.save(
+        args.refiner,
+        **{k: v for k, v in info.items() if k in ("trained_on", "training", "made_by")},
+        gate=f"chosen by python bench/quality.py gate on {' + '.join(args.sets)} val splits",
+    )
 
 
 def shipped_command(args):
     "The shipped prior on each set's test split, without training on the set (it has trained on their train splits)."
     from boxrefine.machine import cpu_description
     from boxrefine.prior import load_prior, prior_info
+
     prior = load_prior()
-    out = {"cpu": cpu_description(), "prior": prior_info()["trained_on"], "min_gain": prior.min_gain,
-           "sets": {s: score(prior, load(s)[2]) for s in SETS}}
+    out = {
+        "cpu": cpu_description(),
+        "prior": prior_info()["trained_on"],
+        "min_gain": prior.min_gain,
+        "sets": {s: score(prior, load(s)[2]) for s in SETS},
+    }
     args.json.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
 
 
 def table_command(args):
     from boxrefine.machine import cpu_description
+
     results = {"cpu": cpu_description(), "prior_epochs": args.prior_epochs, "sets": {}}
     for held in args.sets:
         others = [s for s in SETS if s != held]
         parts = [load(s) for s in others]
         tr, va, te = load(held)
         start = time.perf_counter()
-        prior, _ = train([r for p in parts for r in p[0]], [r for p in parts for r in p[1]], "scratch",
-                         [f"training.epochs={args.prior_epochs}"])
+        prior, _ = train(
+            [r for p in parts for r in p[0]],
+            [r for p in parts for r in p[1]],
+            "scratch",
+            [f"training.epochs={args.prior_epochs}"],
+        )
         with tempfile.TemporaryDirectory() as d:
             prior_file = Path(d) / "prior.safetensors"
             prior.save(prior_file, trained_on=" + ".join(others))
-            row = {"prior_on": others, "prior_seconds": round(time.perf_counter() - start), "prior": score(prior, te), "trained": {}}
+            row = {
+                "prior_on": others,
+                "prior_seconds": round(time.perf_counter() - start),
+                "prior": score(prior, te),
+                "trained": {},
+            }
             print(held, "prior only:", json.dumps(row["prior"]), flush=True)
             for n in SIZES:
                 start = time.perf_counter()
                 refiner, _ = train(subset(tr, n), va, str(prior_file))
                 key = "all" if n is None else str(n)
-                row["trained"][key] = {"images": len(subset(tr, n)), "seconds": round(time.perf_counter() - start),
-                                       "min_gain": refiner.min_gain, **score(refiner, te)}
+                row["trained"][key] = {
+                    "images": len(subset(tr, n)),
+                    "seconds": round(time.perf_counter() - start),
+                    "min_gain": refiner.min_gain,
+                    **score(refiner, te),
+                }
                 print(held, key, json.dumps(row["trained"][key]), flush=True)
         results["sets"][held] = row
         args.json.write_text(json.dumps(results, indent=1))

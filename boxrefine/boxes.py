@@ -21,11 +21,14 @@ __all__ = ['BOX_FORMATS', 'ERROR_KINDS', 'BoxError', 'check_boxes', 'check_box_p
 class BoxError(ValueError):
     "Malformed boxes. The message names the problem, the offending index and its value."
 
+
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+
 
 def _row(boxes: Tensor, i: int) -> str:
     "Box `i` of `boxes`, printed."
     return "[" + ", ".join(f"{v:.6g}" for v in boxes[i].tolist()) + "]"
+
 
 def _first(mask: Tensor) -> int:
     "The index of the first `True` in `mask`."
@@ -38,11 +41,14 @@ def check_boxes(
     fmt: str = "xyxy",  # Their format: one of `BOX_FORMATS`
 ) -> Tensor:  # `boxes`, unchanged
     "Raise `BoxError` unless `boxes` is a finite float (N, 4) tensor of well-formed `fmt` boxes."
-    if fmt not in BOX_FORMATS: raise ValueError(f"unknown box format {fmt!r}: expected one of {BOX_FORMATS}")
-    if not isinstance(boxes, Tensor): raise BoxError(f"{name} must be a torch.Tensor, got {type(boxes).__name__}")
+    if fmt not in BOX_FORMATS:
+        raise ValueError(f"unknown box format {fmt!r}: expected one of {BOX_FORMATS}")
+    if not isinstance(boxes, Tensor):
+        raise BoxError(f"{name} must be a torch.Tensor, got {type(boxes).__name__}")
     if boxes.ndim != 2 or boxes.shape[-1] != 4:
         raise BoxError(f"{name} must have shape (N, 4), got {tuple(boxes.shape)}")
-    if not boxes.is_floating_point(): raise BoxError(f"{name} must be a floating-point tensor, got {boxes.dtype}")
+    if not boxes.is_floating_point():
+        raise BoxError(f"{name} must be a floating-point tensor, got {boxes.dtype}")
     finite = torch.isfinite(boxes).all(1)
     if not finite.all():
         i = _first(~finite)
@@ -79,7 +85,8 @@ def convert_boxes(
 ) -> Tensor:  # The same boxes in `dst` format
     "Convert boxes between the xyxy, xywh and cxcywh formats."
     check_boxes(boxes, fmt=src)
-    if dst not in BOX_FORMATS: raise ValueError(f"unknown box format {dst!r}: expected one of {BOX_FORMATS}")
+    if dst not in BOX_FORMATS:
+        raise ValueError(f"unknown box format {dst!r}: expected one of {BOX_FORMATS}")
     return box_convert(boxes, src, dst)
 
 # %% ../nbs/00_boxes.ipynb #c0093278
@@ -90,12 +97,16 @@ def _image_scale(
     "The xyxy scale of an image size, as a tensor with the dtype and device of `boxes`."
     if isinstance(image_hw, Tensor):
         if image_hw.device != boxes.device:
-            raise BoxError(f"image_hw is on {image_hw.device} but the boxes are on {boxes.device}: put both on one device")
+            raise BoxError(
+                f"image_hw is on {image_hw.device} but the boxes are on {boxes.device}: put both on one device"
+            )
         hw = image_hw.to(boxes.dtype)
-    else: hw = torch.tensor(image_hw, dtype=boxes.dtype, device=boxes.device)
+    else:
+        hw = torch.tensor(image_hw, dtype=boxes.dtype, device=boxes.device)
     if hw.shape not in ((2,), (len(boxes), 2)):
         raise BoxError(f"image_hw must be (height, width) or ({len(boxes)}, 2), got shape {tuple(hw.shape)}")
-    if not (torch.isfinite(hw).all() and (hw > 0).all()): raise BoxError(f"image sizes must be finite and positive, got {hw.tolist()}")
+    if not (torch.isfinite(hw).all() and (hw > 0).all()):
+        raise BoxError(f"image sizes must be finite and positive, got {hw.tolist()}")
     wh = hw.flip(-1)
     return torch.cat([wh, wh], -1)
 
@@ -107,12 +118,14 @@ def normalize_boxes(
     "Divide pixel boxes by their image's width and height."
     return check_boxes(boxes) / _image_scale(image_hw, boxes)
 
+
 def denormalize_boxes(
     boxes: Tensor,  # xyxy boxes as fractions of the image size, (N, 4)
     image_hw,  # (height, width), or (N, 2) per box
 ) -> Tensor:  # xyxy boxes in pixels
     "Multiply normalised boxes by their image's width and height."
     return check_boxes(boxes) * _image_scale(image_hw, boxes)
+
 
 def clip_boxes(
     boxes: Tensor,  # xyxy boxes in pixels, (N, 4)
@@ -121,7 +134,10 @@ def clip_boxes(
     "Clip boxes to the image: x in [0, width], y in [0, height]."
     return torch.minimum(check_boxes(boxes).clamp(min=0), _image_scale(image_hw, boxes))
 
-def _area(boxes: Tensor) -> Tensor: return (boxes[:, 2:] - boxes[:, :2]).prod(1)
+
+def _area(boxes: Tensor) -> Tensor:
+    return (boxes[:, 2:] - boxes[:, :2]).prod(1)
+
 
 def box_area(
     boxes: Tensor,  # xyxy boxes, (N, 4)
@@ -139,6 +155,7 @@ def _overlaps(a: Tensor, b: Tensor) -> tuple:
     enclosing = (torch.maximum(a[:, 2:], b[:, 2:]) - torch.minimum(a[:, :2], b[:, :2])).prod(1)
     return inter, union, enclosing
 
+
 def elementwise_iou(
     boxes1: Tensor,  # xyxy boxes, (N, 4)
     boxes2: Tensor,  # xyxy boxes, (N, 4)
@@ -147,6 +164,7 @@ def elementwise_iou(
     "IoU of each pair of boxes at the same index."
     inter, union, _ = _overlaps(boxes1, boxes2)
     return (inter + eps) / (union + eps)
+
 
 def elementwise_giou(
     boxes1: Tensor,  # xyxy boxes, (N, 4)
@@ -157,9 +175,11 @@ def elementwise_giou(
     inter, union, enclosing = _overlaps(boxes1, boxes2)
     return (inter + eps) / (union + eps) - (enclosing - union) / (enclosing + eps)
 
+
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     "IoU of every box in `boxes1` (N, 4) with every box in `boxes2` (M, 4): (N, M)."
     return _tv_box_iou(check_boxes(boxes1, "boxes1"), check_boxes(boxes2, "boxes2"))
+
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     "GIoU of every box in `boxes1` (N, 4) with every box in `boxes2` (M, 4): (N, M)."
@@ -169,6 +189,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 def stable_int(x) -> int:
     "A 63-bit integer from `x`'s repr, the same on every machine and run (unlike `hash`)."
     return int.from_bytes(hashlib.blake2b(repr(x).encode(), digest_size=8).digest(), "little") >> 1
+
 
 def noise_draws(
     n: int,  # How many boxes
@@ -188,11 +209,14 @@ def _widen(lo: Tensor, hi: Tensor, limit: Tensor, min_size: float) -> tuple:
     start = torch.minimum(start, (limit - min_size).clamp(min=0))
     return torch.where(thin, start, lo), torch.where(thin, torch.minimum(start + min_size, limit), hi)
 
+
 def _noise_levels(r, boxes: Tensor) -> Tensor:
     "`r` (one level, or one per box) as a tensor of the boxes' dtype, refused outside [0, 1)."
     r = torch.as_tensor(r, dtype=boxes.dtype)
-    if ((r < 0) | (r >= 1)).any(): raise ValueError(f"noise level r must be in [0, 1), got {r.tolist()}")
+    if ((r < 0) | (r >= 1)).any():
+        raise ValueError(f"noise level r must be in [0, 1), got {r.tolist()}")
     return r
+
 
 def jitter_boxes(
     boxes: Tensor,  # True xyxy boxes in pixels, (N, 4)
@@ -204,11 +228,13 @@ def jitter_boxes(
     "Apply the OA-MIL noise model to `boxes` with given draws."
     r = _noise_levels(r, boxes)
     check_boxes(boxes)
-    if draws.shape != boxes.shape: raise ValueError(f"draws must have the shape of boxes {tuple(boxes.shape)}, got {tuple(draws.shape)}")
+    if draws.shape != boxes.shape:
+        raise ValueError(f"draws must have the shape of boxes {tuple(boxes.shape)}, got {tuple(draws.shape)}")
     cx, cy, w, h = box_convert(boxes, "xyxy", "cxcywh").unbind(1)
     d = draws.to(boxes)
     noisy = torch.stack([cx + w * r * d[:, 0], cy + h * r * d[:, 1], w * (1 + r * d[:, 2]), h * (1 + r * d[:, 3])], 1)
     return _inside_image(box_convert(noisy, "cxcywh", "xyxy"), boxes, image_hw, min_size)
+
 
 def _inside_image(noisy: Tensor, boxes: Tensor, image_hw, min_size: float) -> Tensor:
     "Noisy xyxy boxes clipped to the image and widened to at least `min_size`."
@@ -217,6 +243,7 @@ def _inside_image(noisy: Tensor, boxes: Tensor, image_hw, min_size: float) -> Te
     x1, x2 = _widen(x1, x2, scale[:, 0], min_size)
     y1, y2 = _widen(y1, y2, scale[:, 1], min_size)
     return torch.stack([x1, y1, x2, y2], 1)
+
 
 def noisy_boxes(
     boxes: Tensor,  # True xyxy boxes in pixels of one image, (N, 4)
@@ -233,12 +260,15 @@ def noisy_boxes(
 # %% ../nbs/00_boxes.ipynb #5f2f12b9
 ERROR_KINDS = ("jitter", "clean", "larger", "smaller", "shift", "edge")
 
+
 def _edge_offsets(kind: str, d: Tensor, r: Tensor) -> Tensor:
     "How far each edge (x1, y1, x2, y2) moves, as a fraction of the true box's width or height."
     m = r * (1 + d.abs()) / 2  # a magnitude in [r/2, r]
     zero = torch.zeros_like(d[:, 0])
-    if kind == "clean": return torch.zeros_like(d)
-    if kind == "larger": return torch.stack([-m[:, 2] / 2, -m[:, 3] / 2, m[:, 2] / 2, m[:, 3] / 2], 1)
+    if kind == "clean":
+        return torch.zeros_like(d)
+    if kind == "larger":
+        return torch.stack([-m[:, 2] / 2, -m[:, 3] / 2, m[:, 2] / 2, m[:, 3] / 2], 1)
     if kind == "smaller":
         s = (1 - 1 / (1 + m[:, 2:])) / 2
         return torch.stack([s[:, 0], s[:, 1], -s[:, 0], -s[:, 1]], 1)
@@ -251,6 +281,7 @@ def _edge_offsets(kind: str, d: Tensor, r: Tensor) -> Tensor:
         return torch.stack([torch.where(which == i, signed, zero) for i in range(4)], 1)
     raise ValueError(f"box error kind must be one of {ERROR_KINDS}, got {kind!r}")
 
+
 def error_boxes(
     boxes: Tensor,  # True xyxy boxes in pixels, (N, 4)
     kind: str,  # One of `ERROR_KINDS`
@@ -260,7 +291,8 @@ def error_boxes(
     min_size: float = 1.0,  # Smallest width and height of a result, in pixels
 ) -> Tensor:  # Boxes with that kind of error, clipped to the image
     "True boxes made wrong in one systematic way (or jittered, for `jitter`)."
-    if kind == "jitter": return jitter_boxes(boxes, draws, r, image_hw, min_size)
+    if kind == "jitter":
+        return jitter_boxes(boxes, draws, r, image_hw, min_size)
     check_boxes(boxes)
     r = _noise_levels(r, boxes).expand(len(boxes))[:, None]
     wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)

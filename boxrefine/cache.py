@@ -11,7 +11,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
@@ -33,20 +32,27 @@ __all__ = ['LAYOUT', 'ENTRY_SUFFIX', 'CACHE_MARKER', 'SAFETENSORS_DTYPES', 'defa
 # %% ../nbs/03_cache.ipynb #a60c121d
 LAYOUT = "v1"
 ENTRY_SUFFIX = ".safetensors"
-CACHE_MARKER = ".boxrefine-cache"  # written into the root before the first entry: `clear` touches only roots that have it
+CACHE_MARKER = (
+    ".boxrefine-cache"  # written into the root before the first entry: `clear` touches only roots that have it
+)
+
 
 def default_cache_dir() -> Path:
     "The cache root: $BOXREFINE_CACHE, else `features` in boxrefine's user cache folder."
-    if os.environ.get("BOXREFINE_CACHE"): return Path(os.environ["BOXREFINE_CACHE"]).expanduser()
+    if os.environ.get("BOXREFINE_CACHE"):
+        return Path(os.environ["BOXREFINE_CACHE"]).expanduser()
     return user_cache_dir() / "features"
+
 
 def pixel_digest(
     rgb: np.ndarray,  # (H, W, 3) uint8, from `load_rgb`
 ) -> str:  # 32 hex digits
     "A hash of an image's decoded pixels and shape."
     h = hashlib.blake2b(digest_size=16)
-    h.update(repr(rgb.shape).encode()); h.update(np.ascontiguousarray(rgb).data)
+    h.update(repr(rgb.shape).encode())
+    h.update(np.ascontiguousarray(rgb).data)
     return h.hexdigest()
+
 
 def entry_key(pixels: str, fingerprint: str) -> str:
     "The cache key of an image's features under one encoder."
@@ -56,6 +62,7 @@ def entry_key(pixels: str, fingerprint: str) -> str:
 @dataclass
 class CacheStats:
     "What the cache did: every `get` is a hit or a miss; corrupt entries are also misses."
+
     hits: int = 0  # Entries found valid (on disk or in memory)
     misses: int = 0  # Entries computed by the encoder
     corrupt: int = 0  # Entries that failed verification, removed and recomputed
@@ -68,20 +75,26 @@ class CacheStats:
     evicted: int = 0  # Entries removed by the disk size limit
 
     @property
-    def hit_rate(self) -> float: return self.hits / max(self.hits + self.misses, 1)
+    def hit_rate(self) -> float:
+        return self.hits / max(self.hits + self.misses, 1)
 
-    def as_dict(self) -> dict: return {**asdict(self), "hit_rate": self.hit_rate}
+    def as_dict(self) -> dict:
+        return {**asdict(self), "hit_rate": self.hit_rate}
 
     def __str__(self):
-        return (f"{self.hits} hits, {self.misses} misses ({self.hit_rate:.1%} hit rate), {self.corrupt} corrupt; "
-                f"read {self.bytes_read / 2**20:.1f} MiB, wrote {self.bytes_written / 2**20:.1f} MiB; "
-                f"encoder {self.encoder_calls} calls, {self.encoder_seconds:.1f} s spent, {self.seconds_saved:.1f} s saved")
+        return (
+            f"{self.hits} hits, {self.misses} misses ({self.hit_rate:.1%} hit rate), {self.corrupt} corrupt; "
+            f"read {self.bytes_read / 2**20:.1f} MiB, wrote {self.bytes_written / 2**20:.1f} MiB; "
+            f"encoder {self.encoder_calls} calls, {self.encoder_seconds:.1f} s spent, {self.seconds_saved:.1f} s saved"
+        )
 
 # %% ../nbs/03_cache.ipynb #f9f4e313
 class CorruptEntry(ValueError):
     "A cache entry that fails verification."
 
+
 SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+
 
 def read_safetensors(
     path: Path,  # A safetensors file
@@ -90,29 +103,42 @@ def read_safetensors(
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         raw = np.empty(size, dtype=np.uint8)  # numpy for the header: fewer tensor ops per entry, 5% faster loads
-        if size < 8 or f.readinto(raw) != size: raise CorruptEntry(f"{path}: {size} bytes, too short or changed while read")
+        if size < 8 or f.readinto(raw) != size:
+            raise CorruptEntry(f"{path}: {size} bytes, too short or changed while read")
     n = int.from_bytes(raw[:8].tobytes(), "little")
-    if not 2 <= n <= size - 8: raise CorruptEntry(f"{path}: header length {n} does not fit a file of {size} bytes")
-    try: header = json.loads(raw[8:8 + n].tobytes())
-    except (ValueError, UnicodeDecodeError) as e: raise CorruptEntry(f"{path}: unreadable header: {e}") from None
-    try: return _tensors_of(header, torch.from_numpy(raw[8 + n:]), path)
+    if not 2 <= n <= size - 8:
+        raise CorruptEntry(f"{path}: header length {n} does not fit a file of {size} bytes")
+    try:
+        header = json.loads(raw[8 : 8 + n].tobytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptEntry(f"{path}: unreadable header: {e}") from None
+    try:
+        return _tensors_of(header, torch.from_numpy(raw[8 + n :]), path)
     except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as e:  # parseable JSON of the wrong shape
         raise CorruptEntry(f"{path}: garbled header ({type(e).__name__}: {e})") from None
+
 
 def _tensors_of(header: dict, data: torch.Tensor, path: Path) -> tuple:
     "The tensors a safetensors header describes, as views of `data`, and its metadata."
     meta, tensors = header.pop("__metadata__", {}) or {}, {}
-    if not isinstance(meta, dict): raise TypeError(f"__metadata__ is a {type(meta).__name__}")
+    if not isinstance(meta, dict):
+        raise TypeError(f"__metadata__ is a {type(meta).__name__}")
     for name, info in header.items():
         dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
         start, end = info.get("data_offsets", (0, -1))
-        if dtype is None or not 0 <= start <= end <= len(data) or (end - start) != math.prod(info["shape"]) * dtype.itemsize:
+        if (
+            dtype is None
+            or not 0 <= start <= end <= len(data)
+            or (end - start) != math.prod(info["shape"]) * dtype.itemsize
+        ):
             raise CorruptEntry(f"{path}: tensor {name!r} has a bad entry in the header: {info}")
         tensors[name] = data[start:end].view(dtype).reshape(info["shape"])
     return tensors, meta
 
+
 def _expected_shapes(interm_channels: int) -> dict:
     return {"image_embedding": EMBEDDING_SHAPE, "interm_embedding": (64, 64, interm_channels)}
+
 
 def read_entry(
     path: Path,  # The entry's file
@@ -123,16 +149,29 @@ def read_entry(
     "Read and verify one cache entry; raise `CorruptEntry` on any mismatch."
     tensors, meta = read_safetensors(path)
     if meta.get("layout") != LAYOUT or meta.get("fingerprint") != fingerprint:
-        raise CorruptEntry(f"{path}: header has layout {meta.get('layout')!r}, fingerprint {meta.get('fingerprint')!r}; expected {LAYOUT!r}, {fingerprint!r}")
+        raise CorruptEntry(
+            f"{path}: header has layout {meta.get('layout')!r}, fingerprint {meta.get('fingerprint')!r}; "
+            f"expected {LAYOUT!r}, {fingerprint!r}"
+        )
     shapes = _expected_shapes(interm_channels)
-    if set(tensors) != set(shapes): raise CorruptEntry(f"{path}: tensors {sorted(tensors)}, expected {sorted(shapes)}")
+    if set(tensors) != set(shapes):
+        raise CorruptEntry(f"{path}: tensors {sorted(tensors)}, expected {sorted(shapes)}")
     for k, shape in shapes.items():
         if tuple(tensors[k].shape) != shape or tensors[k].dtype != storage_dtype:
-            raise CorruptEntry(f"{path}: {k} is {tuple(tensors[k].shape)} {tensors[k].dtype}, expected {shape} {storage_dtype}")
+            raise CorruptEntry(
+                f"{path}: {k} is {tuple(tensors[k].shape)} {tensors[k].dtype}, expected {shape} {storage_dtype}"
+            )
     hw = lambda s: tuple(int(v) for v in s.split(","))
-    try: geometry = dict(original_hw=hw(meta["original_hw"]), input_hw=hw(meta["input_hw"]), encoder_seconds=float(meta["encoder_seconds"]))
-    except (KeyError, ValueError) as e: raise CorruptEntry(f"{path}: bad geometry in header: {e}") from None
+    try:
+        geometry = dict(
+            original_hw=hw(meta["original_hw"]),
+            input_hw=hw(meta["input_hw"]),
+            encoder_seconds=float(meta["encoder_seconds"]),
+        )
+    except (KeyError, ValueError) as e:
+        raise CorruptEntry(f"{path}: bad geometry in header: {e}") from None
     return {**tensors, **geometry}
+
 
 def write_entry(
     path: Path,  # Where the entry goes
@@ -143,8 +182,13 @@ def write_entry(
 ) -> int:  # Bytes written
     "Write one entry atomically (`atomic_write`: a synced temporary file in the same folder, renamed over the entry)."
     tensors = {k: features[k].to(storage_dtype).contiguous() for k in ("image_embedding", "interm_embedding")}
-    meta = dict(layout=LAYOUT, fingerprint=fingerprint, encoder_seconds=f"{encoder_seconds:.4f}",
-                original_hw=",".join(map(str, features["original_hw"])), input_hw=",".join(map(str, features["input_hw"])))
+    meta = dict(
+        layout=LAYOUT,
+        fingerprint=fingerprint,
+        encoder_seconds=f"{encoder_seconds:.4f}",
+        original_hw=",".join(map(str, features["original_hw"])),
+        input_hw=",".join(map(str, features["input_hw"])),
+    )
     data = safetensors.torch.save(tensors, meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, data, suffix=ENTRY_SUFFIX)
@@ -153,9 +197,10 @@ def write_entry(
 # %% ../nbs/03_cache.ipynb #51ca7a95
 class FeatureCache:
     "Content-addressed on-disk store of HQ-SAM image features, filled by an `Encoder` on misses."
+
     def __init__(
         self,
-        encoder: Encoder | None,  # Computes misses; its fingerprint and storage dtype define the entries. None: list, measure and clear only
+        encoder: Encoder | None,  # Computes misses; its fingerprint and storage dtype define the entries
         root=None,  # Cache root; default `default_cache_dir()`
         memory_bytes: int = 0,  # Size of the in-memory LRU layer; 0 turns it off
         max_disk_bytes: int | None = None,  # Evict least recently used entries beyond this; None: no limit
@@ -166,7 +211,8 @@ class FeatureCache:
         self.memory_bytes, self.max_disk_bytes = memory_bytes, max_disk_bytes
         self.stats, self._memory, self._digests = CacheStats(), OrderedDict(), {}
 
-    def path(self, key: str) -> Path: return self.root / LAYOUT / key[:2] / key[2:4] / f"{key}{ENTRY_SUFFIX}"
+    def path(self, key: str) -> Path:
+        return self.root / LAYOUT / key[:2] / key[2:4] / f"{key}{ENTRY_SUFFIX}"
 
     def key(self, image) -> str:
         "The entry key of an image (decoding it if it is a file)."
@@ -177,7 +223,8 @@ class FeatureCache:
         if isinstance(image, (str, Path)):
             st = os.stat(image)
             memo = (os.path.abspath(image), st.st_size, st.st_mtime_ns)
-            if memo in self._digests: return self._digests[memo], None
+            if memo in self._digests:
+                return self._digests[memo], None
             rgb = load_rgb(image)
             self._digests[memo] = pixel_digest(rgb)
             return self._digests[memo], rgb
@@ -197,24 +244,28 @@ def _lookup(self: FeatureCache, key: str) -> dict | None:
     try:
         entry = read_entry(path, self.fingerprint, self.encoder.interm_channels, self.storage_dtype)
         size = path.stat().st_size
-    except FileNotFoundError: return None  # never written, or removed meanwhile by `clear` or `evict`: a miss
+    except FileNotFoundError:
+        return None  # never written, or removed meanwhile by `clear` or `evict`: a miss
     except CorruptEntry:
         self.stats.corrupt += 1
         path.unlink(missing_ok=True)
         return None
     self.stats.bytes_read += size
-    if self.max_disk_bytes is not None: os.utime(path)  # recently used: evicted last
+    if self.max_disk_bytes is not None:
+        os.utime(path)  # recently used: evicted last
     self._remember(key, entry)
     return entry
+
 
 @patch
 def _remember(self: FeatureCache, key: str, entry: dict) -> None:
     "Keep `entry` in the in-memory LRU layer, evicting the oldest beyond `memory_bytes`."
-    if not self.memory_bytes: return
+    if not self.memory_bytes:
+        return
     size = sum(entry[k].nbytes for k in ("image_embedding", "interm_embedding"))
     self._memory[key] = (entry, size)
-    while sum(s for _, s in self._memory.values()) > self.memory_bytes: self._memory.popitem(last=False)
-
+    while sum(s for _, s in self._memory.values()) > self.memory_bytes:
+        self._memory.popitem(last=False)
 
 # %% ../nbs/03_cache.ipynb #aef06974
 @patch
@@ -230,13 +281,22 @@ def _compute(self: FeatureCache, keyed: dict) -> dict:
     self.root.mkdir(parents=True, exist_ok=True)
     (self.root / CACHE_MARKER).touch()
     for key, feats in zip(keys, features):
-        self.stats.bytes_written += write_entry(self.path(key), feats, self.fingerprint, self.storage_dtype, spent / len(keys))
+        self.stats.bytes_written += write_entry(
+            self.path(key), feats, self.fingerprint, self.storage_dtype, spent / len(keys)
+        )
         stored = {k: feats[k].to(self.storage_dtype) for k in ("image_embedding", "interm_embedding")}
-        out[key] = {**stored, "original_hw": feats["original_hw"], "input_hw": feats["input_hw"], "encoder_seconds": spent / len(keys)}
+        out[key] = {
+            **stored,
+            "original_hw": feats["original_hw"],
+            "input_hw": feats["input_hw"],
+            "encoder_seconds": spent / len(keys),
+        }
         self._remember(key, out[key])
     self.stats.misses += len(keys)
-    if self.max_disk_bytes is not None: self.evict()
+    if self.max_disk_bytes is not None:
+        self.evict()
     return out
+
 
 @patch
 def evict(self: FeatureCache) -> int:
@@ -244,68 +304,84 @@ def evict(self: FeatureCache) -> int:
     entries = sorted(self.entry_stats(), key=lambda ps: ps[1].st_mtime_ns)
     total, removed = sum(s.st_size for _, s in entries), 0
     for p, s in entries:
-        if total <= self.max_disk_bytes: break
+        if total <= self.max_disk_bytes:
+            break
         total -= s.st_size
-        p.unlink(missing_ok=True); removed += 1
+        p.unlink(missing_ok=True)
+        removed += 1
     self.stats.evicted += removed
     return removed
-
 
 # %% ../nbs/03_cache.ipynb #22621db5
 def _as_requested(entry: dict, device, dtype) -> dict:
     "An entry's tensors on `device` in `dtype` (None keeps the storage dtype), with its geometry."
-    out = {k: entry[k].to(device=device, dtype=dtype or entry[k].dtype) for k in ("image_embedding", "interm_embedding")}
+    out = {
+        k: entry[k].to(device=device, dtype=dtype or entry[k].dtype) for k in ("image_embedding", "interm_embedding")
+    }
     return {**out, "original_hw": tuple(entry["original_hw"]), "input_hw": tuple(entry["input_hw"])}
 
+
 @patch
-def get_many(self: FeatureCache,
+def get_many(
+    self: FeatureCache,
     images: list,  # Paths, PIL images or arrays
     device="cpu",  # Where the returned tensors go
     dtype: torch.dtype | None = torch.float32,  # Their dtype; None keeps the storage dtype
 ) -> list[dict]:  # Per image: image_embedding, interm_embedding, original_hw, input_hw
     "Features of each image: from the cache when present, else encoded (in batches) and stored."
-    if self.encoder is None: raise ValueError("this FeatureCache has no encoder: it can list, measure and clear entries, not read them")
+    if self.encoder is None:
+        raise ValueError("this FeatureCache has no encoder: it can list, measure and clear entries, not read them")
     keys, found, todo = [], {}, {}
     for image in images:
         digest, rgb = self._pixels(image)
         key = entry_key(digest, self.fingerprint)
         keys.append(key)
-        if key in found or key in todo: continue
+        if key in found or key in todo:
+            continue
         entry = self._lookup(key)
-        if entry is None: todo[key] = rgb if rgb is not None else image
+        if entry is None:
+            todo[key] = rgb if rgb is not None else image
         else:
             found[key] = entry
             self.stats.hits += 1
             self.stats.seconds_saved += entry.get("encoder_seconds", 0.0)
-    if todo: found.update(self._compute(todo))
+    if todo:
+        found.update(self._compute(todo))
     return [_as_requested(found[k], device, dtype) for k in keys]
+
 
 @patch
 def get(self: FeatureCache, image, device="cpu", dtype: torch.dtype | None = torch.float32) -> dict:
     "Features of one image (see `get_many`)."
     return self.get_many([image], device, dtype)[0]
 
-
 # %% ../nbs/03_cache.ipynb #7bfea055
 _ENTRY_NAME = re.compile(rf"[0-9a-f]{{32}}{re.escape(ENTRY_SUFFIX)}")
 _TEMP_NAME = re.compile(rf"\.tmp-\w+{re.escape(ENTRY_SUFFIX)}")
 
+
 def _ours(p: Path, pattern) -> bool:
     "A file we wrote: named like our entries (or their temporaries) in the folders its key names."
-    return pattern.fullmatch(p.name) is not None and (pattern is _TEMP_NAME or p.parent.parent.name + p.parent.name == p.name[:4])
+    return pattern.fullmatch(p.name) is not None and (
+        pattern is _TEMP_NAME or p.parent.parent.name + p.parent.name == p.name[:4]
+    )
+
 
 @patch
 def entries(self: FeatureCache) -> list[Path]:
     "Every entry file under this cache's layout folder (any encoder); files we did not write are not entries."
     return sorted(p for p in (self.root / LAYOUT).glob(f"*/*/*{ENTRY_SUFFIX}") if _ours(p, _ENTRY_NAME))
 
+
 @patch
 def entry_stats(self: FeatureCache) -> list:
-    "(path, os.stat_result) of every entry; one removed meanwhile (by another process's `clear` or `evict`) is left out."
+    "(path, os.stat_result) of every entry; one removed meanwhile (another process's `clear`, `evict`) is left out."
     out = []
     for p in self.entries():
-        with contextlib.suppress(FileNotFoundError): out.append((p, p.stat()))
+        with contextlib.suppress(FileNotFoundError):
+            out.append((p, p.stat()))
     return out
+
 
 @patch
 def disk_usage(self: FeatureCache) -> dict:
@@ -313,44 +389,66 @@ def disk_usage(self: FeatureCache) -> dict:
     stats = self.entry_stats()
     return {"entries": len(stats), "bytes": sum(s.st_size for _, s in stats)}
 
+
 @patch
 def remove_stale_temporaries(self: FeatureCache, max_age_s: float = 3600) -> int:
     "Delete temporary files older than `max_age_s` (left by killed writers); return how many."
-    old = [p for p in (self.root / LAYOUT).glob("*/*/.tmp-*") if _ours(p, _TEMP_NAME) and time.time() - p.stat().st_mtime > max_age_s]
-    for p in old: p.unlink(missing_ok=True)
+    old = [
+        p
+        for p in (self.root / LAYOUT).glob("*/*/.tmp-*")
+        if _ours(p, _TEMP_NAME) and time.time() - p.stat().st_mtime > max_age_s
+    ]
+    for p in old:
+        p.unlink(missing_ok=True)
     return len(old)
+
 
 class NotACache(ValueError):
     "A folder that does not look like a feature cache boxrefine made: nothing in it is removed."
+
 
 @patch
 def clear(self: FeatureCache) -> int:
     "Remove our entries and temporary files (nothing else) under this cache's layout folder; return how many entries."
     if (self.root / LAYOUT).exists() and not (self.root / CACHE_MARKER).is_file():
-        raise NotACache(f"{self.root} does not look like a boxrefine feature cache (no {CACHE_MARKER} file): nothing was removed")
+        raise NotACache(
+            f"{self.root} does not look like a boxrefine feature cache (no {CACHE_MARKER} file): nothing was removed"
+        )
     files = self.entries() + [p for p in (self.root / LAYOUT).glob("*/*/.tmp-*") if _ours(p, _TEMP_NAME)]
-    for p in files: p.unlink(missing_ok=True)
-    for d in sorted((self.root / LAYOUT).glob("*/*"), reverse=True) + sorted((self.root / LAYOUT).glob("*")) + [self.root / LAYOUT]:
-        with contextlib.suppress(OSError): d.rmdir()  # only folders left empty: anything else stays
+    for p in files:
+        p.unlink(missing_ok=True)
+    for d in (
+        sorted((self.root / LAYOUT).glob("*/*"), reverse=True)
+        + sorted((self.root / LAYOUT).glob("*"))
+        + [self.root / LAYOUT]
+    ):
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only folders left empty: anything else stays
     self._memory.clear()
     return sum(_ENTRY_NAME.fullmatch(p.name) is not None for p in files)
 
+
 @patch
-def warm(self: FeatureCache,
+def warm(
+    self: FeatureCache,
     images: list,  # Paths (or PIL images, arrays) to make sure are cached
     progress: bool = True,  # Show a progress bar
 ) -> CacheStats:  # This cache's statistics afterwards
     "Fill the cache for `images`, a batch at a time, skipping entries already present."
     from fastprogress.fastprogress import progress_bar
+
     self.remove_stale_temporaries()
     batch, start_time, before = self.encoder.config.batch_size, time.perf_counter(), replace(self.stats)
     starts = range(0, len(images), batch)
     bar = progress_bar(starts) if progress and live_progress() else None
     for start in bar or starts:
-        self.get_many(images[start:start + batch], dtype=None)
-        if bar: bar.comment = f"warming the feature cache: {self.stats.hit_rate:.0%} hits"
+        self.get_many(images[start : start + batch], dtype=None)
+        if bar:
+            bar.comment = f"warming the feature cache: {self.stats.hit_rate:.0%} hits"
     if progress and bar is None:  # a log, not a terminal: one line for the pass
-        print(f"feature cache: {len(images)} images, {self.stats.hits - before.hits} hits, "
-              f"{self.stats.misses - before.misses} encoded, {time.perf_counter() - start_time:.1f} s", flush=True)
+        print(
+            f"feature cache: {len(images)} images, {self.stats.hits - before.hits} hits, "
+            f"{self.stats.misses - before.misses} encoded, {time.perf_counter() - start_time:.1f} s",
+            flush=True,
+        )
     return self.stats
-

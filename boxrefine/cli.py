@@ -35,26 +35,47 @@ __all__ = ['ENCODER_OPTIONS', 'DEMO_MARKER', 'USER_ERRORS', 'UsageError', 'add_d
 class UsageError(ValueError):
     "A command line that asks for something unsafe or impossible."
 
-def add_dataset_options(p: argparse.ArgumentParser, split: str | None = None, required: bool = True,
-                        max_images: str = "use only the first N images") -> None:
+
+def add_dataset_options(
+    p: argparse.ArgumentParser,
+    split: str | None = None,
+    required: bool = True,
+    max_images: str = "use only the first N images",
+) -> None:
     "--ann, --images, --split (where `split` is not False), --max-images."
     p.add_argument("--ann", type=Path, required=required, help="COCO instances JSON")
     p.add_argument("--images", type=Path, required=required, help="folder the images' file_name fields are relative to")
-    if split is not False: p.add_argument("--split", default=split, help=f"keep images whose 'split' field is this (default: {split or 'all'})")
+    if split is not False:
+        p.add_argument(
+            "--split", default=split, help=f"keep images whose 'split' field is this (default: {split or 'all'})"
+        )
     p.add_argument("--max-images", type=int, default=None, help=max_images)
 
+
 def add_encoder_options(p: argparse.ArgumentParser) -> None:
-    "--encoder, --checkpoint, --cache-dir, --storage-dtype (unset options keep `EncoderConfig`'s defaults, or a config file's values)."
+    "--encoder, --checkpoint, --cache-dir, --storage-dtype (unset: `EncoderConfig`'s or a config file's values)."
     p.add_argument("--encoder", default=None, choices=MODEL_TYPES, help="HQ-SAM model (default: vit_tiny)")
-    p.add_argument("--checkpoint", default=None, help="sam_hq_vit_*.pth; default $BOXREFINE_CHECKPOINT, else RANDOM weights")
-    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache root (default: $BOXREFINE_CACHE or the user cache folder)")
-    p.add_argument("--storage-dtype", default=None, choices=tuple(DTYPES), help="precision of cached features (default: fp16)")
+    p.add_argument(
+        "--checkpoint", default=None, help="sam_hq_vit_*.pth; default $BOXREFINE_CHECKPOINT, else RANDOM weights"
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="feature cache root (default: $BOXREFINE_CACHE or the user cache folder)",
+    )
+    p.add_argument(
+        "--storage-dtype", default=None, choices=tuple(DTYPES), help="precision of cached features (default: fp16)"
+    )
+
 
 ENCODER_OPTIONS = {"encoder": "model_type", "checkpoint": "checkpoint", "storage_dtype": "storage_dtype"}
+
 
 def encoder_settings(args) -> dict:
     "The `EncoderConfig` fields the command line set."
     return {field: getattr(args, opt) for opt, field in ENCODER_OPTIONS.items() if getattr(args, opt, None) is not None}
+
 
 def encoder_from(args, config: EncoderConfig | None = None, say=print) -> Encoder:
     "The encoder `config` or the options ask for, its precision said once."
@@ -62,9 +83,12 @@ def encoder_from(args, config: EncoderConfig | None = None, say=print) -> Encode
     say(f"HQ-SAM {encoder.config.model_type} encoder precision: {encoder.precision}")
     return encoder
 
+
 def check_max_images(args) -> None:
     "Refuse a --max-images below 1."
-    if args.max_images is not None and args.max_images < 1: raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
+    if args.max_images is not None and args.max_images < 1:
+        raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
+
 
 def records_from(args, verbose: bool = True) -> list:
     "The dataset's kept records, limited to --max-images."
@@ -72,10 +96,12 @@ def records_from(args, verbose: bool = True) -> list:
     records = load_coco(args.ann, args.images, split=args.split, verbose=verbose).records
     return records[: args.max_images] if args.max_images else records
 
+
 def refiner_from(args) -> BoxRefiner:
     "The refiner of --run, else the shipped prior, with --min-gain (when given) as its margin."
     refiner = refiner_at(args.run)
-    if args.min_gain is not None: refiner.min_gain = args.min_gain
+    if args.min_gain is not None:
+        refiner.min_gain = args.min_gain
     return refiner
 
 # %% ../nbs/09_cli.ipynb #71009784
@@ -83,7 +109,11 @@ def cache_command(args) -> dict:
     "Warm, inspect or clear the feature cache; print and return what happened."
     if args.stats or args.clear:
         cache = FeatureCache(None, args.cache_dir)
-        out = {"root": str(cache.root), "cleared_entries": cache.clear()} if args.clear else {"root": str(cache.root), **cache.disk_usage()}
+        out = (
+            {"root": str(cache.root), "cleared_entries": cache.clear()}
+            if args.clear
+            else {"root": str(cache.root), **cache.disk_usage()}
+        )
         print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
         return out
     rank, _ = init_distributed()
@@ -92,37 +122,64 @@ def cache_command(args) -> dict:
     cache = FeatureCache(encoder_from(args, say=print if talk else lambda *a: None), args.cache_dir)
     warm_shared(cache, [r.path for r in records], progress=not args.json)
     stats = stats_over_ranks(cache.stats.as_dict())
-    out = {"root": str(cache.root), "fingerprint": cache.fingerprint, "n_images": len(records), **stats, "disk": cache.disk_usage()}
-    if rank > 0: return out
+    out = {
+        "root": str(cache.root),
+        "fingerprint": cache.fingerprint,
+        "n_images": len(records),
+        **stats,
+        "disk": cache.disk_usage(),
+    }
+    if rank > 0:
+        return out
     if not args.json:
-        print(f"{len(records)} images: {stats['hits']} hits, {stats['misses']} misses ({stats['hit_rate']:.1%} hit rate), {stats['corrupt']} corrupt")
+        print(
+            f"{len(records)} images: {stats['hits']} hits, {stats['misses']} misses "
+            f"({stats['hit_rate']:.1%} hit rate), {stats['corrupt']} corrupt"
+        )
     print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
     return out
 
 # %% ../nbs/09_cli.ipynb #ec92c2c3
 def eval_command(args) -> dict:
-    "Score the baselines, and a trained refiner with --run, on a dataset split; print a table and optionally write JSON."
-    if args.json and args.json.resolve() == args.ann.resolve(): raise UsageError(f"--json {args.json} would overwrite the input annotations")
-    if args.json and args.json.exists() and not args.overwrite: raise UsageError(f"{args.json} exists: choose another --json, or pass --overwrite")
-    if not 0 <= args.noise < 1: raise UsageError(f"--noise must be in [0, 1), got {args.noise}")
-    try: noise = NoiseConfig(r=args.noise, seed=args.seed, errors=args.errors)
-    except ValueError as e: raise UsageError(f"--errors: {e}") from None
+    "Score the baselines and a refiner (--run, else the prior) on a split; print a table, optionally write JSON."
+    if args.json and args.json.resolve() == args.ann.resolve():
+        raise UsageError(f"--json {args.json} would overwrite the input annotations")
+    if args.json and args.json.exists() and not args.overwrite:
+        raise UsageError(f"{args.json} exists: choose another --json, or pass --overwrite")
+    if not 0 <= args.noise < 1:
+        raise UsageError(f"--noise must be in [0, 1), got {args.noise}")
+    try:
+        noise = NoiseConfig(r=args.noise, seed=args.seed, errors=args.errors)
+    except ValueError as e:
+        raise UsageError(f"--errors: {e}") from None
     records = records_from(args)
-    if not any(len(r.boxes) for r in records): raise UsageError(f"{args.ann}: split {args.split!r} holds no boxes to evaluate")
+    if not any(len(r.boxes) for r in records):
+        raise UsageError(f"{args.ann}: split {args.split!r} holds no boxes to evaluate")
     methods = {"noisy": noisy_baseline(records, noise)}
-    result = {"n_images": len(records), "n_boxes": sum(len(r.boxes) for r in records), "noise": args.noise,
-              "errors": args.errors, "seed": args.seed, "split": args.split, "methods": methods}
+    result = {
+        "n_images": len(records),
+        "n_boxes": sum(len(r.boxes) for r in records),
+        "noise": args.noise,
+        "errors": args.errors,
+        "seed": args.seed,
+        "split": args.split,
+        "methods": methods,
+    }
     if not args.no_sam:
         cache = FeatureCache(encoder_from(args), args.cache_dir)
         cache.warm([r.path for r in records])
         methods["sam"] = sam_baseline(records, cache, noise)
-        result["encoder"] = {"fingerprint": cache.fingerprint, "random_weights": cache.encoder.config.resolved_checkpoint() is None}
+        result["encoder"] = {
+            "fingerprint": cache.fingerprint,
+            "random_weights": cache.encoder.config.resolved_checkpoint() is None,
+        }
     refiner = refiner_from(args)
     methods["refined"] = refined_method(refiner, records, noise, refiner_cache(refiner, args.cache_dir))
     result["refiner"] = refiner.about
     print(metrics_table(methods))
     print(f"refined ({refiner.about}, min_gain {refiner.min_gain:+.2f}): {change_line(methods['refined'])}")
-    if result.get("encoder", {}).get("random_weights"): print("note: HQ-SAM ran with RANDOM weights: the 'sam' row says nothing about HQ-SAM")
+    if result.get("encoder", {}).get("random_weights"):
+        print("note: HQ-SAM ran with RANDOM weights: the 'sam' row says nothing about HQ-SAM")
     if args.json:
         atomic_write(args.json, json.dumps(result, indent=1))
         print(f"wrote {args.json}")
@@ -132,72 +189,108 @@ def eval_command(args) -> dict:
 def config_from(args):
     "The run's config: the resumed run's or --config's, then the command-line options, then --set."
     base = args.out / "config.yaml" if args.resume else args.config
-    if args.resume and args.config: raise UsageError("--resume reads the run's own config.yaml: drop --config")
+    if args.resume and args.config:
+        raise UsageError("--resume reads the run's own config.yaml: drop --config")
     options = [f"encoder.{k}={json.dumps(v)}" for k, v in encoder_settings(args).items()]
-    options += [f"data.noise={args.noise}"] * (args.noise is not None) + [f"training.epochs={args.epochs}"] * (args.epochs is not None)
+    options += [f"data.noise={args.noise}"] * (args.noise is not None) + [f"training.epochs={args.epochs}"] * (
+        args.epochs is not None
+    )
     options += ["training.init=scratch"] * args.from_scratch
     return load_config(base, options + list(args.set or ()))
+
 
 def train_command(args):
     "Train a refiner; print where its files are and how it did. Under torchrun, every process runs this."
     check_max_images(args)
     config = resolved_config(config_from(args))
-    if args.resume and not args.force: check_resume(args.out, data_record(args.ann, args.images), config.encoder)
+    if args.resume and not args.force:
+        check_resume(args.out, data_record(args.ann, args.images), config.encoder)
     rank, world = init_distributed(config.training.device)
     say = print if rank == 0 else (lambda *a, **k: None)
     data = load_coco(args.ann, args.images, verbose=rank == 0).records
-    if len(data) < 2: raise UsageError(f"{args.ann}: need at least 2 images with boxes to train and validate, found {len(data)}")
+    if len(data) < 2:
+        raise UsageError(f"{args.ann}: need at least 2 images with boxes to train and validate, found {len(data)}")
     train, val = split_records(data, config.data)
-    if args.max_images: train, val = train[: args.max_images], val[: args.max_images]
-    say(f"training on {len(train)} images ({sum(len(r.boxes) for r in train)} boxes), validating on {len(val)} "
-        f"({sum(len(r.boxes) for r in val)} boxes)" + (f", in {world} processes" if world > 1 else ""))
+    if args.max_images:
+        train, val = train[: args.max_images], val[: args.max_images]
+    say(
+        f"training on {len(train)} images ({sum(len(r.boxes) for r in train)} boxes), validating on {len(val)} "
+        f"({sum(len(r.boxes) for r in val)} boxes)" + (f", in {world} processes" if world > 1 else "")
+    )
     cache = None
     if config.model.sam != "off":
         cache = FeatureCache(encoder_from(args, config.encoder, say), args.cache_dir)
         warm_shared(cache, [r.path for r in train + val])
         say(f"feature cache {cache.root}: {cache.stats}")
-    else: say("SAM features: off (model.sam=auto with a random-weight encoder: they carry no signal); the refiner reads image crops")
+    else:
+        say(
+            "SAM features: off (model.sam=auto with a random-weight encoder: they carry no signal); "
+            "the refiner reads image crops"
+        )
     from boxrefine.widgets import TrainingMonitor
+
     monitor = [TrainingMonitor(save_dir=args.out, live=False)] if args.monitor and rank == 0 else []
-    learn = train_refiner(config, train, val, args.out, cache=cache, resume=args.resume, overwrite=args.overwrite, cbs=monitor,
-                          progress=rank == 0, data_record=data_record(args.ann, args.images))
-    if rank > 0: return learn
-    print(f"best validation mean IoU {learn.best['val_mean_iou']:.4f} at epoch {learn.best['epoch'] + 1} "
-          f"(noisy input {learn.history[-1]['noisy_mean_iou']:.4f})")
+    learn = train_refiner(
+        config,
+        train,
+        val,
+        args.out,
+        cache=cache,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        cbs=monitor,
+        progress=rank == 0,
+        data_record=data_record(args.ann, args.images),
+    )
+    if rank > 0:
+        return learn
+    print(
+        f"best validation mean IoU {learn.best['val_mean_iou']:.4f} at epoch {learn.best['epoch'] + 1} "
+        f"(noisy input {learn.history[-1]['noisy_mean_iou']:.4f})"
+    )
     print(f"run: {args.out} (best.pt, last.pt, metrics.jsonl, config.yaml, curves.png)")
     return learn
 
 # %% ../nbs/09_cli.ipynb #95bd57d1
 def refine_command(args) -> dict:
     "Refine every box of a COCO file into a new COCO file."
-    if args.out.resolve() == args.ann.resolve(): raise UsageError(f"--out {args.out} is the input file: refine never overwrites its input")
-    if args.out.exists() and not args.overwrite: raise UsageError(f"{args.out} exists: choose another --out, or pass --overwrite")
+    if args.out.resolve() == args.ann.resolve():
+        raise UsageError(f"--out {args.out} is the input file: refine never overwrites its input")
+    if args.out.exists() and not args.overwrite:
+        raise UsageError(f"{args.out} exists: choose another --out, or pass --overwrite")
     coco = json.loads(args.ann.read_text())
-    if not isinstance(coco.get("info", {}), dict): raise UsageError(f"{args.ann}: 'info' must be a mapping, got {type(coco['info']).__name__}")
+    if not isinstance(coco.get("info", {}), dict):
+        raise UsageError(f"{args.ann}: 'info' must be a mapping, got {type(coco['info']).__name__}")
     refiner = refiner_from(args)
     print(f"refiner: {refiner.about}")
     records = records_from(args)
     refined = refine_records(refiner, records, [r.boxes for r in records], refiner_cache(refiner, args.cache_dir))
     out, n = refined_coco(coco, records, refined, refiner.about)
     no_id = sum(isinstance(a, dict) and "id" not in a for a in coco["annotations"])
-    if no_id: print(f"{no_id} annotations have no id: they are matched by their position in {args.ann}")
+    if no_id:
+        print(f"{no_id} annotations have no id: they are matched by their position in {args.ann}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, json.dumps(out))
     s = move_summary(records, refined)
-    print(f"refined {n} of {len(coco['annotations'])} annotations in {len(records)} images: moved {s['moved']}, kept "
-          f"{s['kept']} as they were (predicted gain below min_gain {refiner.min_gain:+.2f}); median IoU of a moved "
-          f"box to its input {s['median_iou_to_input']:.3f}; wrote {args.out}")
+    print(
+        f"refined {n} of {len(coco['annotations'])} annotations in {len(records)} images: moved {s['moved']}, kept "
+        f"{s['kept']} as they were (predicted gain below min_gain {refiner.min_gain:+.2f}); median IoU of a moved "
+        f"box to its input {s['median_iou_to_input']:.3f}; wrote {args.out}"
+    )
     return out
 
 # %% ../nbs/09_cli.ipynb #15784e35
 DEMO_MARKER = ".boxrefine-demo"
 
+
 def _fresh_demo_run(out: Path) -> Path:
     "`out/run`, after removing a previous demo's run there; a folder the demo did not make is refused."
     if (out / "run").exists():
-        if not (out / "run" / DEMO_MARKER).exists(): raise UsageError(f"{out / 'run'} exists and is not a demo run: choose another --out")
+        if not (out / "run" / DEMO_MARKER).exists():
+            raise UsageError(f"{out / 'run'} exists and is not a demo run: choose another --out")
         shutil.rmtree(out / "run")
     return out / "run"
+
 
 def demo(
     out="boxrefine-demo",  # Folder for the run and the pictures; created if missing
@@ -207,9 +300,11 @@ def demo(
 ) -> dict:  # Metrics of the noisy and refined boxes on the sample's validation images
     "Fine-tune the shipped prior on the bundled sample, print noisy against refined metrics, and save pictures."
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from boxrefine.widgets import noise_picture, refinement_picture
+
     out, records = Path(out), load_sample().records
     rows = noise_table(records, seed=seed)
     print(f"boxrefine demo: {len(records)} images, {rows[0]['boxes']} true boxes from the bundled BCCD sample")
@@ -219,8 +314,10 @@ def demo(
     run = _fresh_demo_run(out)
     noise, prior = config.data.val_noise_config(), load_prior()
     methods = {"noisy": noisy_baseline(val, noise), "prior": refined_method(prior, val, noise, progress=False)}
-    print(f"\nbefore training: {prior.about}, on {len(val)} validation images at r = {noise.r}: mean IoU "
-          f"{methods['noisy']['mean_iou']:.3f} -> {methods['prior']['mean_iou']:.3f}; {change_line(methods['prior'])}")
+    print(
+        f"\nbefore training: {prior.about}, on {len(val)} validation images at r = {noise.r}: mean IoU "
+        f"{methods['noisy']['mean_iou']:.3f} -> {methods['prior']['mean_iou']:.3f}; {change_line(methods['prior'])}"
+    )
     print(f"\nfine-tuning it on {len(train)} images (random-weight encoder: the refiner reads image crops)")
     train_refiner(config, train, val, run, progress=progress)
     (run / DEMO_MARKER).write_text("made by boxrefine demo; the next demo in this folder replaces it\n")
@@ -229,9 +326,14 @@ def demo(
     methods["fine-tuned, no gate"] = refined_method(refiner, val, noise, progress=False, min_gain=-1.0)
     print(f"\n{len(val)} validation images, {methods['noisy']['n_boxes']} boxes, noise r = {noise.r}:")
     print(metrics_table(methods))
-    print(f"fine-tuned: {change_line(methods['fine-tuned'])}; without the gate (--min-gain -1, every proposal taken): "
-          f"{change_line(methods['fine-tuned, no gate'])}")
-    for fig, name in ((noise_picture(records[3], seed=seed), "noise.png"), (refinement_picture(refiner, val[0], noise), "refined.png")):
+    print(
+        f"fine-tuned: {change_line(methods['fine-tuned'])}; without the gate (--min-gain -1, every proposal taken): "
+        f"{change_line(methods['fine-tuned, no gate'])}"
+    )
+    for fig, name in (
+        (noise_picture(records[3], seed=seed), "noise.png"),
+        (refinement_picture(refiner, val[0], noise), "refined.png"),
+    ):
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
     print(f"pictures: {out / 'noise.png'}, {out / 'refined.png'}; run: {run}")
@@ -247,14 +349,24 @@ def add_cache_parser(sub) -> None:
     add_encoder_options(c)
     c.set_defaults(handler=cache_command)
 
+
 def add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="score the noisy-input and HQ-SAM baselines, and a trained run, on a split")
     add_dataset_options(e, split="test")
     e.add_argument("--noise", type=float, default=0.2, help="noise level r of the input boxes (default: 0.2)")
     e.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    e.add_argument("--errors", default="jitter", help=f"kind of box error at level --noise: one of {', '.join(ERROR_KINDS)}, "
-                   "or a mix such as 'jitter:4 clean:1 larger:1' (default: jitter)")
-    e.add_argument("--run", type=Path, default=None, help="the refiner to score: a run folder or refiner file (default: the shipped prior)")
+    e.add_argument(
+        "--errors",
+        default="jitter",
+        help=f"kind of box error at level --noise: one of {', '.join(ERROR_KINDS)}, "
+        "or a mix such as 'jitter:4 clean:1 larger:1' (default: jitter)",
+    )
+    e.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        help="the refiner to score: a run folder or refiner file (default: the shipped prior)",
+    )
     e.add_argument("--min-gain", type=float, default=None, help="the gate's margin (default: the refiner's)")
     e.add_argument("--no-sam", action="store_true", help="skip the HQ-SAM zero-shot baseline")
     e.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
@@ -262,48 +374,98 @@ def add_eval_parser(sub) -> None:
     add_encoder_options(e)
     e.set_defaults(handler=eval_command)
 
+
 def add_train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a refiner on a COCO dataset into a run folder")
     add_dataset_options(t, split=False, max_images="use only the first N training and N validation images")
-    t.add_argument("--out", type=Path, required=True, help="run folder for best.pt, last.pt, metrics.jsonl, config.yaml, curves.png")
+    t.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="run folder for best.pt, last.pt, metrics.jsonl, config.yaml, curves.png",
+    )
     t.add_argument("--config", type=Path, default=None, help="YAML file of settings (see `boxrefine.config.Config`)")
     t.add_argument("--noise", type=float, default=None, help="validation noise level r (default: 0.2)")
     t.add_argument("--epochs", type=int, default=None, help="epochs (default: 40)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     t.add_argument("--from-scratch", action="store_true", help="start from random weights, not the shipped prior")
-    t.add_argument("--overwrite", action="store_true", help="replace the run in --out (only a folder that holds a boxrefine run)")
-    t.add_argument("--force", action="store_true", help="--resume even on other data or another encoder than the run recorded")
-    t.add_argument("--monitor", action="store_true", help="also save the training monitor's pictures (monitor-*.png) in --out")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. --set training.lr=3e-4 (repeatable)")
+    t.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out (only a folder that holds a boxrefine run)"
+    )
+    t.add_argument(
+        "--force", action="store_true", help="--resume even on other data or another encoder than the run recorded"
+    )
+    t.add_argument(
+        "--monitor", action="store_true", help="also save the training monitor's pictures (monitor-*.png) in --out"
+    )
+    t.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set training.lr=3e-4 (repeatable)",
+    )
     add_encoder_options(t)
     t.set_defaults(handler=train_command)
 
+
 def add_refine_parser(sub) -> None:
     r = sub.add_parser("refine", help="refine the boxes of a COCO file with a trained run, into a new COCO file")
-    r.add_argument("--run", type=Path, default=None, help="run folder (its best.pt) or refiner file (default: the shipped prior)")
-    r.add_argument("--min-gain", type=float, default=None, help="move a box only if its predicted IoU grows this much "
-                   "(default: the refiner's, chosen on validation data)")
+    r.add_argument(
+        "--run", type=Path, default=None, help="run folder (its best.pt) or refiner file (default: the shipped prior)"
+    )
+    r.add_argument(
+        "--min-gain",
+        type=float,
+        default=None,
+        help="move a box only if its predicted IoU grows this much (default: the refiner's, chosen on validation data)",
+    )
     add_dataset_options(r)
     r.add_argument("--out", type=Path, required=True, help="the new COCO JSON to write")
     r.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never the input)")
-    r.add_argument("--cache-dir", type=Path, default=None, help="feature cache root, for refiners that read SAM features")
+    r.add_argument(
+        "--cache-dir", type=Path, default=None, help="feature cache root, for refiners that read SAM features"
+    )
     r.set_defaults(handler=refine_command)
+
 
 def parser() -> argparse.ArgumentParser:
     "The `boxrefine` command's parser."
     p = argparse.ArgumentParser(prog="boxrefine", description="Learned bounding-box refinement on HQ-SAM features.")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="train a refiner on the bundled sample, print noisy vs refined metrics, save pictures")
-    d.add_argument("--out", default="boxrefine-demo", help="folder for the run and the pictures (default: boxrefine-demo)")
+    d = sub.add_parser(
+        "demo", help="train a refiner on the bundled sample, print noisy vs refined metrics, save pictures"
+    )
+    d.add_argument(
+        "--out", default="boxrefine-demo", help="folder for the run and the pictures (default: boxrefine-demo)"
+    )
     d.add_argument("--seed", type=int, default=0, help="seed of the noise, split and weights (default: 0)")
     d.add_argument("--epochs", type=int, default=40, help="fine-tuning epochs (default: 40)")
-    d.set_defaults(handler=lambda a: demo(a.out, a.seed, DEMO_SETTINGS + [f"training.epochs={a.epochs}"]))  # later overrides win
-    for add in (add_cache_parser, add_eval_parser, add_train_parser, add_refine_parser): add(sub)
+    d.set_defaults(
+        handler=lambda a: demo(a.out, a.seed, DEMO_SETTINGS + [f"training.epochs={a.epochs}"])
+    )  # later overrides win
+    for add in (add_cache_parser, add_eval_parser, add_train_parser, add_refine_parser):
+        add(sub)
     return p
 
-USER_ERRORS = (UsageError, CocoError, ImageReadError, CheckpointError, BoxError, ConfigError, RunExists, RunMismatch,
-               EncoderMismatch, NonFiniteLoss, NonFiniteOutput, NotARefinerCheckpoint, NotEnoughData, NotACache,
-               OSError)  # a missing file, a full disk, a folder we may not write: one line naming it
+
+USER_ERRORS = (
+    UsageError,
+    CocoError,
+    ImageReadError,
+    CheckpointError,
+    BoxError,
+    ConfigError,
+    RunExists,
+    RunMismatch,
+    EncoderMismatch,
+    NonFiniteLoss,
+    NonFiniteOutput,
+    NotARefinerCheckpoint,
+    NotEnoughData,
+    NotACache,
+    OSError,
+)  # a missing file, a full disk, a folder we may not write: one line naming it
+
 
 def main(
     argv: list[str] | None = None,  # Arguments without the program name; None reads `sys.argv`
@@ -313,15 +475,19 @@ def main(
     args = p.parse_args(argv)
     if args.command == "cache" and not (args.stats or args.clear) and not (args.ann and args.images):
         p.error("cache: --ann and --images are required unless --stats or --clear is given")
-    try: args.handler(args)
+    try:
+        args.handler(args)
     except USER_ERRORS as e:
         print(f"boxrefine {args.command}: error: {e}", file=sys.stderr)
         return 2
     finally:
         import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 # %% ../nbs/09_cli.ipynb #5f100cb5
 #| eval: false
-if __name__ == "__main__": sys.exit(main())  # `python -m boxrefine.cli`, as torchrun runs it
+if __name__ == "__main__":
+    sys.exit(main())  # `python -m boxrefine.cli`, as torchrun runs it

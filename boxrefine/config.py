@@ -31,10 +31,13 @@ __all__ = ['DEMO_SETTINGS', 'DataConfig', 'TrainConfig', 'Config', 'ConfigError'
 @dataclass(frozen=True)
 class DataConfig:
     "How batches are made: noise, split, batch size."
+
     noise: float = 0.2  # Noise level r of the validation boxes
     train_noise: tuple = (0.0, 0.3)  # Training boxes get a level drawn per box in this range, fresh each epoch
-    train_errors: str = "jitter:3 clean:1 larger:1 smaller:1 shift:1 edge:1"  # Kinds of error of the training boxes: a kind or a mix
-    gate_errors: str = "clean:1 jitter:1 larger:1 smaller:1 shift:1 edge:1"  # Errors of the validation boxes that choose the gate's margin
+    train_errors: str = (
+        "jitter:3 clean:1 larger:1 smaller:1 shift:1 edge:1"  # Kinds of error of the training boxes: a kind or a mix
+    )
+    gate_errors: str = "clean:1 jitter:1 larger:1 smaller:1 shift:1 edge:1"  # Errors of the boxes that choose the gate
     seed: int = 0  # Seed of the noise, the split and the data order
     val_fraction: float = 0.2  # Share of images for validation when the data has no train/val split field
     batch_size: int = 8  # Images per step
@@ -43,23 +46,38 @@ class DataConfig:
 
     def __post_init__(self):
         lo, hi = self.train_noise
-        if not 0 <= lo <= hi < 1: raise ValueError(f"data train_noise must be [low, high] with 0 <= low <= high < 1, got {list(self.train_noise)}")
-        if not 0 <= self.noise < 1: raise ValueError(f"data noise must be in [0, 1), got {self.noise}")
-        if not 0 < self.val_fraction < 1: raise ValueError(f"data val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.batch_size < 1: raise ValueError(f"data batch_size must be >= 1, got {self.batch_size}")
-        if self.max_boxes is not None and self.max_boxes < 1: raise ValueError(f"data max_boxes must be >= 1 or null, got {self.max_boxes}")
-        if self.num_workers < 0: raise ValueError(f"data num_workers must be >= 0, got {self.num_workers}")
+        if not 0 <= lo <= hi < 1:
+            raise ValueError(
+                f"data train_noise must be [low, high] with 0 <= low <= high < 1, got {list(self.train_noise)}"
+            )
+        if not 0 <= self.noise < 1:
+            raise ValueError(f"data noise must be in [0, 1), got {self.noise}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"data val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.batch_size < 1:
+            raise ValueError(f"data batch_size must be >= 1, got {self.batch_size}")
+        if self.max_boxes is not None and self.max_boxes < 1:
+            raise ValueError(f"data max_boxes must be >= 1 or null, got {self.max_boxes}")
+        if self.num_workers < 0:
+            raise ValueError(f"data num_workers must be >= 0, got {self.num_workers}")
         self.train_noise_config(), self.gate_noise_config()  # check the error mixes
 
     def train_noise_config(self) -> NoiseConfig:
         return NoiseConfig(r=self.train_noise[1], seed=self.seed, r_min=self.train_noise[0], errors=self.train_errors)
-    def val_noise_config(self) -> NoiseConfig: return NoiseConfig(r=self.noise, seed=self.seed)
+
+    def val_noise_config(self) -> NoiseConfig:
+        return NoiseConfig(r=self.noise, seed=self.seed)
+
     def gate_noise_config(self) -> NoiseConfig:
-        return NoiseConfig(r=self.train_noise[1], seed=self.seed + 1, r_min=self.train_noise[0], errors=self.gate_errors)
+        return NoiseConfig(
+            r=self.train_noise[1], seed=self.seed + 1, r_min=self.train_noise[0], errors=self.gate_errors
+        )
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     "The optimiser, its schedule and the loop."
+
     epochs: int = 40  # Passes over the training images
     lr: float = 2e-3  # Peak learning rate of AdamW
     weight_decay: float = 1e-4  # AdamW's decoupled weight decay
@@ -70,27 +88,42 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     patience: int | None = None  # Stop when validation mean IoU has not improved for this many epochs; None: never
     seed: int = 0  # Seed of the weights' initialisation
-    init: str = "prior"  # Start from: "prior" (the shipped prior, when the model settings match it), "scratch", or a refiner file
+    init: str = "prior"  # Start from "prior" (the shipped prior, if the model fits), "scratch", or a refiner file
 
     def __post_init__(self):
-        if not self.init: raise ValueError("training init must be prior, scratch or a refiner file, got ''")
-        if self.epochs < 1: raise ValueError(f"training epochs must be >= 1, got {self.epochs}")
-        if not (math.isfinite(self.lr) and self.lr > 0): raise ValueError(f"training lr must be a number > 0, got {self.lr}")
-        if self.weight_decay < 0: raise ValueError(f"training weight_decay must be >= 0, got {self.weight_decay}")
-        if self.schedule not in SCHEDULES: raise ValueError(f"training schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not 0 <= self.warmup < 1: raise ValueError(f"training warmup must be in [0, 1), got {self.warmup}")
-        if self.grad_clip is not None and self.grad_clip <= 0: raise ValueError(f"training grad_clip must be > 0 or null, got {self.grad_clip}")
-        if self.precision not in PRECISIONS: raise ValueError(f"training precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.patience is not None and self.patience < 1: raise ValueError(f"training patience must be >= 1 or null, got {self.patience}")
+        if not self.init:
+            raise ValueError("training init must be prior, scratch or a refiner file, got ''")
+        if self.epochs < 1:
+            raise ValueError(f"training epochs must be >= 1, got {self.epochs}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"training lr must be a number > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"training weight_decay must be >= 0, got {self.weight_decay}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"training schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"training warmup must be in [0, 1), got {self.warmup}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"training grad_clip must be > 0 or null, got {self.grad_clip}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"training precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"training patience must be >= 1 or null, got {self.patience}")
         if self.device != "auto":
-            try: device = torch.device(self.device)
-            except RuntimeError: raise ValueError(f"training device must be auto, cpu, cuda, cuda:N, ..., got {self.device!r}") from None
+            try:
+                device = torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(f"training device must be auto, cpu, cuda, cuda:N, ..., got {self.device!r}") from None
             if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-                raise ValueError(f"training device {self.device!r} does not exist here ({torch.cuda.device_count()} CUDA devices)")
+                raise ValueError(
+                    f"training device {self.device!r} does not exist here ({torch.cuda.device_count()} CUDA devices)"
+                )
+
 
 @dataclass(frozen=True)
 class Config:
     "Everything a training run needs to know."
+
     data: DataConfig = field(default_factory=DataConfig)
     model: RefinerConfig = field(default_factory=RefinerConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -101,47 +134,72 @@ class Config:
 class ConfigError(ValueError):
     "A configuration with an unknown key or a bad value."
 
+
 def _coerce(value, hint, key: str):
     "`value` as the type `hint` asks for, or a `ConfigError` naming `key`."
     args = typing.get_args(hint)
     if type(None) in args:
-        if value is None: return None
+        if value is None:
+            return None
         hint = next(a for a in args if a is not type(None))
-    if hint is bool and isinstance(value, bool): return value
-    if hint is int and isinstance(value, int) and not isinstance(value, bool): return value
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
     if hint is float and not isinstance(value, bool):
-        try: number = float(value)
-        except (TypeError, ValueError): number = None
-        if number is not None and not math.isfinite(number): raise ConfigError(f"config key {key} must be a finite number, got {value!r}")
-        if number is not None: return number
-    if hint is str and isinstance(value, str): return value
-    if hint is str and isinstance(value, bool): return "off" if value is False else "on"  # YAML 1.1 reads off/on/no/yes as booleans
-    if hint is tuple and isinstance(value, (list, tuple)): return tuple(_coerce(v, float, key) for v in value)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is not None and not math.isfinite(number):
+            raise ConfigError(f"config key {key} must be a finite number, got {value!r}")
+        if number is not None:
+            return number
+    if hint is str and isinstance(value, str):
+        return value
+    if hint is str and isinstance(value, bool):
+        return "off" if value is False else "on"  # YAML 1.1 reads off/on/no/yes as booleans
+    if hint is tuple and isinstance(value, (list, tuple)):
+        return tuple(_coerce(v, float, key) for v in value)
     raise ConfigError(f"config key {key} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
 
 def from_dict(cls, values: dict | None, prefix: str = ""):
     "An instance of dataclass `cls` from a (nested) dict, checking every key and value."
     values = values or {}
-    if not isinstance(values, dict): raise ConfigError(f"config section {prefix.rstrip('.') or 'top level'} must be a mapping, got {values!r}")
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {prefix.rstrip('.') or 'top level'} must be a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in values if k not in names]
-    if unknown: raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known in this section: {', '.join(names)})")
-    kwargs = {k: from_dict(hints[k], v, f"{prefix}{k}.") if dataclasses.is_dataclass(hints[k]) else _coerce(v, hints[k], prefix + k)
-              for k, v in values.items()}
-    try: return cls(**kwargs)
-    except ConfigError: raise
-    except (ValueError, TypeError) as e: raise ConfigError(f"config {prefix.rstrip('.') or 'top level'}: {e}") from None
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known in this section: {', '.join(names)})")
+    kwargs = {
+        k: from_dict(hints[k], v, f"{prefix}{k}.")
+        if dataclasses.is_dataclass(hints[k])
+        else _coerce(v, hints[k], prefix + k)
+        for k, v in values.items()
+    }
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config {prefix.rstrip('.') or 'top level'}: {e}") from None
+
 
 def _set(tree: dict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
     for p in parents:
-        if not isinstance(tree.get(p), dict): tree[p] = {} if tree.get(p) is None else _not_a_section(dotted, p)
+        if not isinstance(tree.get(p), dict):
+            tree[p] = {} if tree.get(p) is None else _not_a_section(dotted, p)
         tree = tree[p]
     tree[leaf] = value
 
+
 def _not_a_section(dotted: str, p: str):
     raise ConfigError(f"cannot set {dotted}: {p} is a value, not a section")
+
 
 def load_config(
     path=None,  # A YAML file holding any subset of `Config`; None: the defaults
@@ -150,30 +208,42 @@ def load_config(
     "A validated `Config` from a YAML file and overrides."
     tree = {}
     if path is not None:
-        try: tree = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e: raise ConfigError(f"cannot read config {path}: {e}") from None
-        if not isinstance(tree, dict): raise ConfigError(f"config {path} must be a mapping of sections, got {type(tree).__name__}")
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config {path} must be a mapping of sections, got {type(tree).__name__}")
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key: raise ConfigError(f"an override must look like section.key=value, got {item!r}")
+        if not sep or not key:
+            raise ConfigError(f"an override must look like section.key=value, got {item!r}")
         _set(tree, key.strip(), yaml.safe_load(value))
     return from_dict(Config, tree)
+
 
 def config_dict(config: Config) -> dict:
     "The config as plain YAML-ready values."
     return json.loads(json.dumps(asdict(config)))
+
 
 def save_config(config: Config, path) -> None:
     "Write the config as YAML, atomically."
     atomic_write(path, yaml.safe_dump(config_dict(config), sort_keys=False))
 
 # %% ../nbs/06_config.ipynb #6d8d53b8
-DEMO_SETTINGS = ["training.epochs=40", "data.batch_size=4", "training.lr=1e-3"]  # the demo's gentle fine-tune of the prior
+DEMO_SETTINGS = [
+    "training.epochs=40",
+    "data.batch_size=4",
+    "training.lr=1e-3",
+]  # the demo's gentle fine-tune of the prior
+
 
 def resolved_config(
     config: Config,  # A run's settings, `model.sam` possibly "auto"
     random_weights: bool | None = None,  # Whether the encoder has random weights; None: it does without a checkpoint
 ) -> Config:  # The same settings with `model.sam` decided
     "The config with `model.sam='auto'` decided by whether the encoder has real weights."
-    if random_weights is None: random_weights = config.encoder.resolved_checkpoint() is None
+    if random_weights is None:
+        random_weights = config.encoder.resolved_checkpoint() is None
     return dataclasses.replace(config, model=config.model.resolved(random_weights))

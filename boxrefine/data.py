@@ -29,10 +29,12 @@ __all__ = ['WIDE_MODES', 'DROP_REASONS', 'EXIF_TURNED', 'SamplePaths', 'sample_p
 # %% ../nbs/04_data.ipynb #ac79ead1
 class SamplePaths(NamedTuple):
     "Where the bundled sample's files are."
+
     annotations: Path  # COCO instances JSON
     images: Path  # Folder of the images
     licence: Path  # The dataset's MIT licence
     attribution: Path  # Where the data comes from
+
 
 def sample_paths() -> SamplePaths:
     "Paths of the bundled BCCD sample (24 images, 463 boxes)."
@@ -43,7 +45,9 @@ def sample_paths() -> SamplePaths:
 class ImageReadError(OSError):
     "An image file that is missing or cannot be decoded. The message names the file."
 
+
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # one channel of 16-bit, 32-bit or float values
+
 
 def to_8bit(values: np.ndarray) -> np.ndarray:
     "Values of any range stretched to 0..255 by the image's own minimum and maximum (a constant image gives 0)."
@@ -53,14 +57,16 @@ def to_8bit(values: np.ndarray) -> np.ndarray:
     scaled = np.nan_to_num((values - lo) / (hi - lo) if hi > lo else np.zeros_like(values), nan=0.0)
     return np.round(scaled.clip(0, 1) * 255).astype(np.uint8)
 
+
 def read_image(
     path,  # An image file
 ) -> np.ndarray:  # (height, width, 3) uint8 RGB, upright
-    "Read an image as RGB with its EXIF orientation applied; raise `ImageReadError` naming the file if it cannot be read."
+    "Read an image as RGB with its EXIF orientation applied; `ImageReadError` naming the file if it cannot be read."
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
-            if im.mode in WIDE_MODES: return np.repeat(to_8bit(np.asarray(im))[..., None], 3, axis=2)
+            if im.mode in WIDE_MODES:
+                return np.repeat(to_8bit(np.asarray(im))[..., None], 3, axis=2)
             return np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
@@ -69,18 +75,22 @@ def read_image(
 @dataclass(frozen=True)
 class LoadConfig:
     "What `load_coco` keeps of a COCO dataset."
+
     split: str | None = None  # Keep only images whose `split_field` equals this; None: all
     split_field: str = "split"  # The image field that names its split
     image_ids: Sequence | None = None  # Keep only these image ids; None: all
     categories: Sequence | None = None  # Keep only boxes of these category ids or names; None: all
     min_size: float = 0.0  # Drop boxes narrower or lower than this many pixels (after clipping)
     skip_crowd: bool = True  # Drop `iscrowd=1` boxes, as COCO evaluation ignores them
-    decode_images: bool = False  # Decode every image to check it (slow); otherwise read each header (size, EXIF orientation)
+    decode_images: bool = (
+        False  # Decode every image to check it (slow); otherwise read each header (size, EXIF orientation)
+    )
 
 # %% ../nbs/04_data.ipynb #0424a6fb
 @dataclass
 class ImageBoxes:
     "One image of a dataset and its true boxes."
+
     id: int  # COCO image id
     file_name: str  # Path relative to the image folder, as in the COCO file
     path: Path  # Where the image is
@@ -101,6 +111,7 @@ DROP_REASONS = {
     "too_small": "boxes smaller than min_size after clipping",
 }
 
+
 class CocoError(ValueError):
     "A COCO file that breaks the format. The message names the file and the record."
 
@@ -108,6 +119,7 @@ class CocoError(ValueError):
 @dataclass(repr=False)
 class LoadReport:
     "What `load_coco` kept and dropped, with the annotation ids and file names behind each count."
+
     annotations: Path  # The COCO file
     images_in_file: int  # Image records in the file
     boxes_in_file: int  # Annotations in the file
@@ -116,8 +128,12 @@ class LoadReport:
     images_not_selected: int  # Images left out by split or image ids
     images_without_boxes: int  # Kept images that have no box
     missing_images: list = field(default_factory=list)  # File names of selected images that are not there
-    unreadable_images: list = field(default_factory=list)  # (file name, reason): headers, or whole images with decode_images
-    size_mismatches: list = field(default_factory=list)  # (file name, (h, w) in the COCO record, (h, w) upright in the file)
+    unreadable_images: list = field(
+        default_factory=list
+    )  # (file name, reason): headers, or whole images with decode_images
+    size_mismatches: list = field(
+        default_factory=list
+    )  # (file name, (h, w) in the COCO record, (h, w) upright in the file)
     clipped: list = field(default_factory=list)  # Annotation ids of kept boxes cut to their image
     dropped: dict = field(default_factory=dict)  # Reason (a key of `DROP_REASONS`) -> annotation ids
 
@@ -125,17 +141,32 @@ class LoadReport:
         "Every count of the report, as a flat dict."
         numbers = ("images_in_file", "boxes_in_file", "images", "boxes", "images_not_selected", "images_without_boxes")
         lists = ("missing_images", "unreadable_images", "size_mismatches", "clipped")
-        return {**{k: getattr(self, k) for k in numbers}, **{k: len(getattr(self, k)) for k in lists},
-                **{f"dropped_{k}": len(v) for k, v in self.dropped.items()}}
+        return {
+            **{k: getattr(self, k) for k in numbers},
+            **{k: len(getattr(self, k)) for k in lists},
+            **{f"dropped_{k}": len(v) for k, v in self.dropped.items()},
+        }
 
     def __str__(self) -> str:
-        counts = {**{f"dropped {DROP_REASONS[k]}": len(ids) for k, ids in self.dropped.items()},
-                  "boxes clipped to their image (kept)": len(self.clipped), "images not selected": self.images_not_selected,
-                  "kept images without boxes": self.images_without_boxes}
-        files = {k.replace("_", " "): getattr(self, k) for k in ("missing_images", "unreadable_images", "size_mismatches")}
-        lines = [f"{self.annotations.name}: kept {self.images:,} of {self.images_in_file:,} images and {self.boxes:,} of {self.boxes_in_file:,} boxes"]
+        counts = {
+            **{f"dropped {DROP_REASONS[k]}": len(ids) for k, ids in self.dropped.items()},
+            "boxes clipped to their image (kept)": len(self.clipped),
+            "images not selected": self.images_not_selected,
+            "kept images without boxes": self.images_without_boxes,
+        }
+        files = {
+            k.replace("_", " "): getattr(self, k) for k in ("missing_images", "unreadable_images", "size_mismatches")
+        }
+        lines = [
+            f"{self.annotations.name}: kept {self.images:,} of {self.images_in_file:,} images and "
+            f"{self.boxes:,} of {self.boxes_in_file:,} boxes"
+        ]
         lines += [f"  {what}: {n:,}" for what, n in counts.items() if n]
-        lines += [f"  {what} ({len(items)}): " + ", ".join(map(str, items[:10])) + (", ..." * (len(items) > 10)) for what, items in files.items() if items]
+        lines += [
+            f"  {what} ({len(items)}): " + ", ".join(map(str, items[:10])) + (", ..." * (len(items) > 10))
+            for what, items in files.items()
+            if items
+        ]
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -143,24 +174,35 @@ class LoadReport:
 # %% ../nbs/04_data.ipynb #d3f6f5f9
 def _read_json(path: Path) -> dict:
     "A COCO file's contents, or a `CocoError` naming it."
-    try: coco = json.loads(path.read_text())
-    except json.JSONDecodeError as e: raise CocoError(f"{path}: not a JSON file ({e})") from None
-    except (IsADirectoryError, UnicodeDecodeError) as e: raise CocoError(f"{path}: not a COCO JSON file ({type(e).__name__})") from None
-    if not isinstance(coco, dict): raise CocoError(f"{path}: expected a JSON object with images, annotations and categories")
+    try:
+        coco = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CocoError(f"{path}: not a JSON file ({e})") from None
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        raise CocoError(f"{path}: not a COCO JSON file ({type(e).__name__})") from None
+    if not isinstance(coco, dict):
+        raise CocoError(f"{path}: expected a JSON object with images, annotations and categories")
     return coco
+
 
 def _field(record: dict, key: str, where: str):
     "`record[key]`, or a `CocoError` naming the record and the missing field."
-    if not isinstance(record, dict) or key not in record: raise CocoError(f"{where} has no {key!r} field")
+    if not isinstance(record, dict) or key not in record:
+        raise CocoError(f"{where} has no {key!r} field")
     return record[key]
 
-def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
 
 def _check_file_name(name, where: str) -> None:
     "A `file_name` must be a relative path inside the image folder: a non-empty string, not absolute, without `..`."
-    if not isinstance(name, str) or not name: raise CocoError(f"{where}: file_name must be a non-empty string")
+    if not isinstance(name, str) or not name:
+        raise CocoError(f"{where}: file_name must be a non-empty string")
     if Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name and ".." in name.split("\\"):
         raise CocoError(f"{where}: file_name must be relative to the image folder, without '..'")
+
 
 def _index_images(images: list, path: Path) -> dict:
     "Map each image id to its position in `images`, checking ids are unique and sizes positive."
@@ -170,60 +212,88 @@ def _index_images(images: list, path: Path) -> dict:
         iid = _field(im, "id", where)
         name = _field(im, "file_name", where)
         where = f"{where} (id {iid!r}, {name!r})"
-        if not isinstance(iid, (int, str)) or isinstance(iid, bool): raise CocoError(f"{where}: an image id must be an integer or a string")
-        if iid in index: raise CocoError(f"{where} has the same id as images[{index[iid]}]: image ids must be unique")
+        if not isinstance(iid, (int, str)) or isinstance(iid, bool):
+            raise CocoError(f"{where}: an image id must be an integer or a string")
+        if iid in index:
+            raise CocoError(f"{where} has the same id as images[{index[iid]}]: image ids must be unique")
         _check_file_name(name, where)
         if not all(_is_number(_field(im, k, where)) and im[k] > 0 for k in ("height", "width")):
-            raise CocoError(f"{where} has height {im['height']!r} and width {im['width']!r}: both must be positive numbers")
+            raise CocoError(
+                f"{where} has height {im['height']!r} and width {im['width']!r}: both must be positive numbers"
+            )
         index[iid] = i
     return index
 
+
 def _category_names(coco: dict, path: Path) -> dict:
     "Category id -> name."
-    return {_field(c, "id", f"{path}: categories[{i}]"): c.get("name", str(c["id"])) for i, c in enumerate(_field(coco, "categories", str(path)))}
+    return {
+        _field(c, "id", f"{path}: categories[{i}]"): c.get("name", str(c["id"]))
+        for i, c in enumerate(_field(coco, "categories", str(path)))
+    }
 
 # %% ../nbs/04_data.ipynb #80cb5325
 @dataclass
 class _Annotations:
     "The annotations of a COCO file as arrays, in file order."
+
     ids: list  # Annotation ids; ("annotations", position) where a record has none
     image: np.ndarray  # (M,) position of each box's image in the file's images
     xywh: np.ndarray  # (M, 4) float64 boxes as in the file
     category: np.ndarray  # (M,) int64
     crowd: np.ndarray  # (M,) bool
 
+
 def annotation_key(ann: dict, i: int):
     "An annotation's key: its id (an int or a string, kept as it is), or its position in the file where it has none."
     return ann["id"] if "id" in ann else ("annotations", i)
+
 
 def _annotation_row(ann: dict, i: int, index: dict, categories: dict, path: Path) -> tuple:
     "One annotation, checked: (id, image position, bbox, category id, crowd)."
     where = f"{path}: annotations[{i}] (id {ann.get('id', '?') if isinstance(ann, dict) else '?'})"
     image_id, bbox, cat = (_field(ann, k, where) for k in ("image_id", "bbox", "category_id"))
-    if image_id not in index: raise CocoError(f"{where} points at image id {image_id!r}, which is not in the file's images")
-    if cat not in categories: raise CocoError(f"{where} has category_id {cat!r}, which is not in the file's categories")
+    if image_id not in index:
+        raise CocoError(f"{where} points at image id {image_id!r}, which is not in the file's images")
+    if cat not in categories:
+        raise CocoError(f"{where} has category_id {cat!r}, which is not in the file's categories")
     if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(map(_is_number, bbox)) and min(bbox[2:]) >= 0):
-        raise CocoError(f"{where} has bbox {bbox!r}: expected [x, y, width, height], finite, with width and height >= 0")
+        raise CocoError(
+            f"{where} has bbox {bbox!r}: expected [x, y, width, height], finite, with width and height >= 0"
+        )
     crowd = ann.get("iscrowd", 0)
     if crowd not in (0, 1) or isinstance(crowd, float) and not crowd.is_integer():
         raise CocoError(f"{where} has iscrowd {crowd!r}: expected 0, 1, true or false")
     return annotation_key(ann, i), index[image_id], bbox, cat, bool(crowd)
 
+
 def _annotation_table(anns: list, index: dict, categories: dict, path: Path) -> _Annotations:
     "All annotations of the file, checked, as arrays."
-    if not isinstance(anns, list): raise CocoError(f"{path}: annotations must be a list, got {type(anns).__name__}")
+    if not isinstance(anns, list):
+        raise CocoError(f"{path}: annotations must be a list, got {type(anns).__name__}")
     rows = [_annotation_row(a, i, index, categories, path) for i, a in enumerate(anns)]
     seen = {}
     for i, a in enumerate(anns):
-        if "id" not in a: continue
+        if "id" not in a:
+            continue
         if not isinstance(a["id"], (int, str)) or isinstance(a["id"], bool):
-            raise CocoError(f"{path}: annotations[{i}] has id {a['id']!r}: an annotation id must be an integer or a string")
+            raise CocoError(
+                f"{path}: annotations[{i}] has id {a['id']!r}: an annotation id must be an integer or a string"
+            )
         if a["id"] in seen:
-            raise CocoError(f"{path}: annotations[{i}] has id {a['id']!r}, like annotations[{seen[a['id']]}]: annotation ids must be unique")
+            raise CocoError(
+                f"{path}: annotations[{i}] has id {a['id']!r}, like annotations[{seen[a['id']]}]: "
+                "annotation ids must be unique"
+            )
         seen[a["id"]] = i
     ids, image, xywh, cat, crowd = zip(*rows) if rows else ([], [], [], [], [])
-    return _Annotations(list(ids), np.array(image, np.int64), np.array(xywh, np.float64).reshape(-1, 4),
-                        np.array(cat, np.int64), np.array(crowd, bool))
+    return _Annotations(
+        list(ids),
+        np.array(image, np.int64),
+        np.array(xywh, np.float64).reshape(-1, 4),
+        np.array(cat, np.int64),
+        np.array(crowd, bool),
+    )
 
 # %% ../nbs/04_data.ipynb #f5db71ba
 def _selected_images(images: list, index: dict, config: LoadConfig, path: Path) -> np.ndarray:
@@ -232,15 +302,21 @@ def _selected_images(images: list, index: dict, config: LoadConfig, path: Path) 
     if config.split is not None:
         splits = [im.get(config.split_field) for im in images]
         if config.split not in splits:
-            raise CocoError(f"{path}: no image has {config.split_field} == {config.split!r}; the file's values: {sorted(set(map(str, splits)))}")
+            raise CocoError(
+                f"{path}: no image has {config.split_field} == {config.split!r}; "
+                f"the file's values: {sorted(set(map(str, splits)))}"
+            )
         keep &= np.array([s == config.split for s in splits])
     if config.image_ids is not None:
         unknown = [i for i in config.image_ids if i not in index]
-        if unknown: raise CocoError(f"{path}: image ids {unknown[:10]} are not in the file")
+        if unknown:
+            raise CocoError(f"{path}: image ids {unknown[:10]} are not in the file")
         keep &= np.isin(np.arange(len(images)), [index[i] for i in config.image_ids])
     return keep
 
+
 EXIF_TURNED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
 
 def upright_size(file) -> tuple:
     "(height, width) of an image as `read_image` returns it, from the file's header only (no pixels decoded)."
@@ -249,14 +325,20 @@ def upright_size(file) -> tuple:
         turned = im.getexif().get(0x0112, 1) in EXIF_TURNED
     return (w, h) if turned else (h, w)
 
+
 def _image_problem(im: dict, root: Path, decode: bool) -> tuple | None:
     "What is wrong with an image's file: None, ('missing',), ('unreadable', reason) or ('size', (h, w) upright)."
     file = root / im["file_name"]
-    if not file.is_file(): return ("missing",)
-    try: hw = read_image(file).shape[:2] if decode else upright_size(file)
-    except ImageReadError as e: return ("unreadable", f"{type(e.__cause__).__name__}: {e.__cause__}")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e: return ("unreadable", f"{type(e).__name__}: {e}")
+    if not file.is_file():
+        return ("missing",)
+    try:
+        hw = read_image(file).shape[:2] if decode else upright_size(file)
+    except ImageReadError as e:
+        return ("unreadable", f"{type(e.__cause__).__name__}: {e.__cause__}")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return ("unreadable", f"{type(e).__name__}: {e}")
     return None if hw == (im["height"], im["width"]) else ("size", hw)
+
 
 def _check_image_files(images: list, selected: np.ndarray, root: Path, decode: bool) -> tuple:
     "Which selected images are usable, and the lists of missing, unreadable and mis-sized ones."
@@ -264,11 +346,15 @@ def _check_image_files(images: list, selected: np.ndarray, root: Path, decode: b
     for i in np.flatnonzero(selected):
         im = images[i]
         problem = _image_problem(im, root, decode)
-        if problem is None: continue
+        if problem is None:
+            continue
         ok[i] = False
-        if problem[0] == "missing": missing.append(im["file_name"])
-        elif problem[0] == "unreadable": unreadable.append((im["file_name"], problem[1]))
-        else: mismatched.append((im["file_name"], (im["height"], im["width"]), problem[1]))
+        if problem[0] == "missing":
+            missing.append(im["file_name"])
+        elif problem[0] == "unreadable":
+            unreadable.append((im["file_name"], problem[1]))
+        else:
+            mismatched.append((im["file_name"], (im["height"], im["width"]), problem[1]))
     return ok, missing, unreadable, mismatched
 
 # %% ../nbs/04_data.ipynb #939cefb7
@@ -276,44 +362,79 @@ def _wanted_categories(wanted, categories: dict, path: Path) -> list:
     "Category ids from a list of ids or names."
     by_name = {name: cid for cid, name in categories.items()}
     unknown = [c for c in wanted if c not in categories and c not in by_name]
-    if unknown: raise CocoError(f"{path}: categories {unknown} are not in the file, which has {categories}")
+    if unknown:
+        raise CocoError(f"{path}: categories {unknown} are not in the file, which has {categories}")
     return [c if c in categories else by_name[c] for c in wanted]
 
-def _clip_and_judge_boxes(table: _Annotations, hw: np.ndarray, selected: np.ndarray, usable: np.ndarray, wanted: list | None,
-                config: LoadConfig) -> tuple:
+
+def _clip_and_judge_boxes(
+    table: _Annotations,
+    hw: np.ndarray,
+    selected: np.ndarray,
+    usable: np.ndarray,
+    wanted: list | None,
+    config: LoadConfig,
+) -> tuple:
     "Clip every box to its image; return the clipped xyxy boxes, each box's fate and which kept boxes were clipped."
     xyxy = np.concatenate([table.xywh[:, :2], table.xywh[:, :2] + table.xywh[:, 2:]], 1)
     wh = hw[table.image][:, ::-1]
     clipped = np.minimum(np.maximum(xyxy, 0), np.concatenate([wh, wh], 1))
     size = clipped[:, 2:] - clipped[:, :2]
     other_category = np.zeros(len(table.ids), bool) if wanted is None else ~np.isin(table.category, wanted)
-    fates = [~selected[table.image], table.crowd & config.skip_crowd, other_category, ~usable[table.image],
-             (table.xywh[:, 2:] == 0).any(1), (size == 0).any(1), (size < config.min_size).any(1)]
+    fates = [
+        ~selected[table.image],
+        table.crowd & config.skip_crowd,
+        other_category,
+        ~usable[table.image],
+        (table.xywh[:, 2:] == 0).any(1),
+        (size == 0).any(1),
+        (size < config.min_size).any(1),
+    ]
     fate = np.select(fates, list(DROP_REASONS), default="kept")
     return clipped, fate, (fate == "kept") & (clipped != xyxy).any(1)
 
 # %% ../nbs/04_data.ipynb #91c91d82
-def _image_records(images: list, keep_image: np.ndarray, table: _Annotations, boxes: np.ndarray, keep_box: np.ndarray,
-                   root: Path, split_field: str) -> list:
+def _image_records(
+    images: list,
+    keep_image: np.ndarray,
+    table: _Annotations,
+    boxes: np.ndarray,
+    keep_box: np.ndarray,
+    root: Path,
+    split_field: str,
+) -> list:
     "One `ImageBoxes` per kept image, holding its kept boxes in file order."
     kept = np.flatnonzero(keep_box)
     kept = kept[np.argsort(table.image[kept], kind="stable")]
     groups = np.split(kept, np.cumsum(np.bincount(table.image[kept], minlength=len(images)))[:-1])
-    return [ImageBoxes(im["id"], im["file_name"], root / im["file_name"], (int(im["height"]), int(im["width"])), im.get(split_field),
-                       torch.tensor(boxes[g], dtype=torch.float32).reshape(-1, 4), torch.from_numpy(table.category[g]),
-                       [table.ids[i] for i in g])
-            for im, g, keep in zip(images, groups, keep_image) if keep]
+    return [
+        ImageBoxes(
+            im["id"],
+            im["file_name"],
+            root / im["file_name"],
+            (int(im["height"]), int(im["width"])),
+            im.get(split_field),
+            torch.tensor(boxes[g], dtype=torch.float32).reshape(-1, 4),
+            torch.from_numpy(table.category[g]),
+            [table.ids[i] for i in g],
+        )
+        for im, g, keep in zip(images, groups, keep_image)
+        if keep
+    ]
 
 # %% ../nbs/04_data.ipynb #b957d4c8
 @dataclass(repr=False)
 class CocoData:
     "A loaded COCO dataset: its records, its categories and the report of what was kept."
+
     records: list  # One `ImageBoxes` per kept image, in file order
     categories: dict  # Category id -> name
     report: LoadReport  # What was kept and dropped
 
     def __repr__(self) -> str:
-        return f"CocoData({len(self.records)} images, {sum(len(r.boxes) for r in self.records)} boxes, categories {self.categories})"
+        boxes = sum(len(r.boxes) for r in self.records)
+        return f"CocoData({len(self.records)} images, {boxes} boxes, categories {self.categories})"
+
 
 def load_coco(
     annotations,  # A COCO instances JSON file
@@ -335,10 +456,22 @@ def load_coco(
     hw = np.array([[im["height"], im["width"]] for im in image_list], np.float64).reshape(-1, 2)
     boxes, fate, clipped = _clip_and_judge_boxes(table, hw, selected, usable, wanted, config)
     records = _image_records(image_list, usable, table, boxes, fate == "kept", root, config.split_field)
-    report = LoadReport(path, len(image_list), len(table.ids), len(records), int((fate == "kept").sum()), int((~selected).sum()),
-                        sum(len(r.boxes) == 0 for r in records), missing, unreadable, mismatched,
-                        [table.ids[i] for i in np.flatnonzero(clipped)], {k: [table.ids[i] for i in np.flatnonzero(fate == k)] for k in DROP_REASONS})
-    if verbose: print(report)
+    report = LoadReport(
+        path,
+        len(image_list),
+        len(table.ids),
+        len(records),
+        int((fate == "kept").sum()),
+        int((~selected).sum()),
+        sum(len(r.boxes) == 0 for r in records),
+        missing,
+        unreadable,
+        mismatched,
+        [table.ids[i] for i in np.flatnonzero(clipped)],
+        {k: [table.ids[i] for i in np.flatnonzero(fate == k)] for k in DROP_REASONS},
+    )
+    if verbose:
+        print(report)
     return CocoData(records, categories, report)
 
 # %% ../nbs/04_data.ipynb #dd0af293
@@ -354,15 +487,20 @@ def load_sample(
 @dataclass(frozen=True)
 class NoiseConfig:
     "Settings of the noise model that makes noisy boxes from true ones."
+
     r: float = 0.2  # Noise level in [0, 1)
     seed: int = 0  # The experiment's seed
     min_size: float = 1.0  # Smallest width and height of a noisy box, in pixels
-    r_min: float | None = None  # If set, each box gets its own level, uniform in [r_min, r] (training on a range of noise)
+    r_min: float | None = (
+        None  # If set, each box gets its own level, uniform in [r_min, r] (training on a range of noise)
+    )
     errors: str = "jitter"  # A kind of `ERROR_KINDS`, or a weighted mix such as "jitter:4 clean:1 larger:1 edge:1"
 
     def __post_init__(self):
-        if not 0 <= self.r < 1: raise ValueError(f"noise level r must be in [0, 1), got {self.r}")
-        if self.r_min is not None and not 0 <= self.r_min <= self.r: raise ValueError(f"noise r_min must be in [0, r={self.r}], got {self.r_min}")
+        if not 0 <= self.r < 1:
+            raise ValueError(f"noise level r must be in [0, 1), got {self.r}")
+        if self.r_min is not None and not 0 <= self.r_min <= self.r:
+            raise ValueError(f"noise r_min must be in [0, r={self.r}], got {self.r_min}")
         self.error_weights  # refuse a mix that cannot work now, not in the middle of training
 
     @cached_property
@@ -371,24 +509,33 @@ class NoiseConfig:
         weights = np.zeros(len(ERROR_KINDS))
         for item in self.errors.split():
             kind, _, weight = item.partition(":")
-            if kind not in ERROR_KINDS: raise ValueError(f"noise errors: unknown kind {kind!r} (known: {', '.join(ERROR_KINDS)})")
-            try: weights[ERROR_KINDS.index(kind)] += float(weight or 1)
-            except ValueError: raise ValueError(f"noise errors: weight of {kind} must be a number, got {weight!r}") from None
+            if kind not in ERROR_KINDS:
+                raise ValueError(f"noise errors: unknown kind {kind!r} (known: {', '.join(ERROR_KINDS)})")
+            try:
+                weights[ERROR_KINDS.index(kind)] += float(weight or 1)
+            except ValueError:
+                raise ValueError(f"noise errors: weight of {kind} must be a number, got {weight!r}") from None
         if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
             raise ValueError(f"noise errors must name at least one kind with a weight > 0, got {self.errors!r}")
         return weights / weights.sum()
 
     def kinds(self, record: ImageBoxes, epoch: int = 0) -> np.ndarray:
         "Each box's kind of error, as an index into `ERROR_KINDS`, drawn by (seed, image, epoch) for a mix."
-        if self.error_weights.max() == 1: return np.full(len(record.boxes), self.error_weights.argmax())  # one kind: no draw
-        rng = np.random.default_rng([stable_int(self.seed), stable_int(record.id), stable_int(epoch), stable_int("kind")])
+        if self.error_weights.max() == 1:
+            return np.full(len(record.boxes), self.error_weights.argmax())  # one kind: no draw
+        rng = np.random.default_rng(
+            [stable_int(self.seed), stable_int(record.id), stable_int(epoch), stable_int("kind")]
+        )
         return rng.choice(len(ERROR_KINDS), size=len(record.boxes), p=self.error_weights)
 
     def levels(self, record: ImageBoxes, epoch: int = 0) -> Tensor:
         "Each box's noise level: `r`, or drawn in [r_min, r] by (seed, image, epoch)."
         n = len(record.boxes)
-        if self.r_min is None: return torch.full((n,), self.r, dtype=torch.float64)
-        rng = np.random.default_rng([stable_int(self.seed), stable_int(record.id), stable_int(epoch), stable_int("level")])
+        if self.r_min is None:
+            return torch.full((n,), self.r, dtype=torch.float64)
+        rng = np.random.default_rng(
+            [stable_int(self.seed), stable_int(record.id), stable_int(epoch), stable_int("level")]
+        )
         return torch.from_numpy(rng.uniform(self.r_min, self.r, n))
 
     def noisy(
@@ -401,12 +548,15 @@ class NoiseConfig:
         kinds, out = self.kinds(record, epoch), record.boxes.clone()
         for k in np.unique(kinds):
             sel = torch.from_numpy(kinds == k)
-            out[sel] = error_boxes(record.boxes[sel], ERROR_KINDS[k], draws[sel], levels[sel], record.image_hw, self.min_size)
+            out[sel] = error_boxes(
+                record.boxes[sel], ERROR_KINDS[k], draws[sel], levels[sel], record.image_hw, self.min_size
+            )
         return out
 
 # %% ../nbs/04_data.ipynb #1cadedd8
 class NoisyBoxDataset(Dataset):
     "Per image: id, path, size, true boxes and noisy boxes (fresh each epoch when training), plus optional features."
+
     def __init__(
         self,
         records: Sequence[ImageBoxes],  # The images, e.g. `load_coco(...).records`
@@ -416,7 +566,8 @@ class NoisyBoxDataset(Dataset):
     ):
         self.records, self.noise, self.train, self.features, self.epoch = list(records), noise, train, features, 0
 
-    def __len__(self) -> int: return len(self.records)
+    def __len__(self) -> int:
+        return len(self.records)
 
     def set_epoch(self, epoch: int):
         "Move training noise to `epoch`; validation and test noise does not change."
@@ -425,36 +576,63 @@ class NoisyBoxDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         rec = self.records[i]
         epoch = self.epoch if self.train else 0
-        item = {"image_id": rec.id, "path": rec.path, "image_hw": rec.image_hw, "epoch": epoch, "boxes": rec.boxes,
-                "noisy": self.noise.noisy(rec, epoch), "category_ids": rec.category_ids}
-        if self.features is not None: item["features"] = self.features(rec)
+        item = {
+            "image_id": rec.id,
+            "path": rec.path,
+            "image_hw": rec.image_hw,
+            "epoch": epoch,
+            "boxes": rec.boxes,
+            "noisy": self.noise.noisy(rec, epoch),
+            "category_ids": rec.category_ids,
+        }
+        if self.features is not None:
+            item["features"] = self.features(rec)
         return item
 
 # %% ../nbs/04_data.ipynb #9379a112
 def _box_choice(item: dict, max_boxes: int | None, seed: int) -> Tensor:
     "Indices of the boxes of one item to keep: all, or `max_boxes` of them drawn by (seed, image, epoch), in order."
     n = len(item["boxes"])
-    if max_boxes is None or n <= max_boxes: return torch.arange(n)
-    rng = np.random.default_rng([stable_int(seed), stable_int(item["image_id"]), stable_int(item["epoch"]), stable_int("collate")])
+    if max_boxes is None or n <= max_boxes:
+        return torch.arange(n)
+    rng = np.random.default_rng(
+        [stable_int(seed), stable_int(item["image_id"]), stable_int(item["epoch"]), stable_int("collate")]
+    )
     return torch.from_numpy(np.sort(rng.choice(n, max_boxes, replace=False)))
+
 
 def _stack_features(features: list) -> dict:
     "Per key: the items' tensors stacked when they share a shape, else a list."
-    def stack(values): return torch.stack(values) if all(isinstance(v, Tensor) and v.shape == values[0].shape for v in values) else values
+
+    def stack(values):
+        return (
+            torch.stack(values) if all(isinstance(v, Tensor) and v.shape == values[0].shape for v in values) else values
+        )
+
     return {k: stack([f[k] for f in features]) for k in features[0]}
+
 
 def collate_boxes(
     items: list,  # Items of a `NoisyBoxDataset`
     max_boxes: int | None = None,  # Keep at most this many boxes per image; None: all
     seed: int = 0,  # Seed of the choice of boxes under the cap
 ) -> dict:  # The batch
-    "Batch images with different numbers of boxes: boxes concatenated, with the index of their image and their position in it."
-    if not items: raise ValueError("collate_boxes needs at least one item")
-    if max_boxes is not None and max_boxes < 1: raise ValueError(f"max_boxes must be at least 1 or None, got {max_boxes}")
+    "Batch images with different numbers of boxes: boxes concatenated, with their image's index and position in it."
+    if not items:
+        raise ValueError("collate_boxes needs at least one item")
+    if max_boxes is not None and max_boxes < 1:
+        raise ValueError(f"max_boxes must be at least 1 or None, got {max_boxes}")
     keep = [_box_choice(it, max_boxes, seed) for it in items]
-    batch = {"image_ids": [it["image_id"] for it in items], "paths": [it["path"] for it in items],
-             "image_hw": torch.tensor([it["image_hw"] for it in items], dtype=torch.float32).reshape(-1, 2),
-             "image_index": torch.cat([torch.full((len(k),), i) for i, k in enumerate(keep)]), "box_index": torch.cat(keep)}
-    batch.update({key: torch.cat([it[key][k] for it, k in zip(items, keep)]) for key in ("boxes", "noisy", "category_ids")})
-    if "features" in items[0]: batch["features"] = _stack_features([it["features"] for it in items])
+    batch = {
+        "image_ids": [it["image_id"] for it in items],
+        "paths": [it["path"] for it in items],
+        "image_hw": torch.tensor([it["image_hw"] for it in items], dtype=torch.float32).reshape(-1, 2),
+        "image_index": torch.cat([torch.full((len(k),), i) for i, k in enumerate(keep)]),
+        "box_index": torch.cat(keep),
+    }
+    batch.update(
+        {key: torch.cat([it[key][k] for it, k in zip(items, keep)]) for key in ("boxes", "noisy", "category_ids")}
+    )
+    if "features" in items[0]:
+        batch["features"] = _stack_features([it["features"] for it in items])
     return batch

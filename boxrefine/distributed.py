@@ -20,24 +20,29 @@ def world() -> tuple:
     "(rank, world size) of this process under torch.distributed, else (0, 1)."
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
+
 def resolve_device(name: str = "auto") -> torch.device:
-    "The device `name` means here: `auto` is CUDA when available, else the CPU; under torchrun `cuda` is this process's GPU."
+    "The device `name` means: `auto` is CUDA if available, else the CPU; under torchrun `cuda` is this process's GPU."
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
     if device.type == "cuda" and device.index is None and world()[1] > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 
+
 def init_distributed(device: str = "auto") -> tuple:
     "Join the process group when started by `torchrun` (NCCL when training on CUDA, else gloo); (rank, world size)."
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         cuda = torch.cuda.is_available() and resolve_device(device).type == "cuda"
-        if cuda: torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo")
     return world()
+
 
 def collective_device() -> torch.device:
     "Where tensors for collectives must live: this process's GPU under NCCL, else the CPU."
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     "The model inside `DistributedDataParallel`, or the model itself."
@@ -46,33 +51,42 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 # %% ../nbs/01_distributed.ipynb #ffc83240
 def barrier() -> None:
     "Wait for every process (nothing to wait for with one)."
-    if world()[1] > 1: dist.barrier()
+    if world()[1] > 1:
+        dist.barrier()
+
 
 def from_first(decide):
     "`decide()` run on rank 0 only, its answer handed to every process."
     rank, n = world()
     answer = [decide() if rank == 0 else None]
-    if n > 1: dist.broadcast_object_list(answer, src=0)
+    if n > 1:
+        dist.broadcast_object_list(answer, src=0)
     return answer[0]
+
 
 def sum_over_ranks(sums: dict, n: int) -> tuple:
     "Per-key sums and a count added up over all processes (unchanged with one)."
-    if world()[1] == 1: return sums, n
+    if world()[1] == 1:
+        return sums, n
     keys = sorted(sums)
     t = torch.tensor([sums[k] for k in keys] + [n], dtype=torch.float64, device=collective_device())
     dist.all_reduce(t)
     return dict(zip(keys, t[:-1].tolist())), int(t[-1].item())
 
+
 def gather_over_ranks(x: Tensor) -> Tensor:
     "The concatenation of `x` from every process, in rank order (unchanged with one)."
-    if world()[1] == 1: return x
+    if world()[1] == 1:
+        return x
     parts = [None] * world()[1]
     dist.all_gather_object(parts, x.cpu())
     return torch.cat(parts)
 
+
 def stats_over_ranks(stats: dict) -> dict:
     "Cache statistics added up over the processes, hit rate recomputed."
-    if world()[1] == 1: return stats
+    if world()[1] == 1:
+        return stats
     keys = [k for k, v in stats.items() if isinstance(v, (int, float)) and k != "hit_rate"]
     t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=collective_device())
     dist.all_reduce(t)
@@ -86,8 +100,15 @@ def warm_shared(cache, paths: list, progress: bool = True) -> None:
     cache.warm(paths[rank::n], progress=progress and rank == 0)
     barrier()
 
+
 class ShardSampler(torch.utils.data.Sampler):
     "Every `world`-th index from `rank`, in order: each image on exactly one process, none repeated (for validation)."
-    def __init__(self, n: int, rank: int, world: int): self.indices = list(range(rank, n, world))
-    def __iter__(self): return iter(self.indices)
-    def __len__(self) -> int: return len(self.indices)
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

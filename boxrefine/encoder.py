@@ -10,7 +10,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +44,11 @@ INPUT_SIZE = 1024  # HQ-SAM's input side
 EMBEDDING_SHAPE = (256, 64, 64)
 PREPROCESS_VERSION = 1  # bump when preprocessing changes: old cache entries then miss
 
+
 @dataclass(frozen=True)
 class EncoderConfig:
     "Everything that determines the image features."
+
     model_type: str = "vit_tiny"  # One of `MODEL_TYPES`
     checkpoint: str | None = None  # An official sam_hq_vit_*.pth; None: $BOXREFINE_CHECKPOINT, else random weights
     seed: int = 0  # Seed of the random weights, when there is no checkpoint
@@ -56,11 +58,14 @@ class EncoderConfig:
     batch_size: int = 2  # Images per encoder call
 
     def __post_init__(self):
-        if self.model_type not in MODEL_TYPES: raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
-        if self.autocast not in PRECISIONS: raise ValueError(f"autocast must be one of {PRECISIONS}, got {self.autocast!r}")
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+        if self.autocast not in PRECISIONS:
+            raise ValueError(f"autocast must be one of {PRECISIONS}, got {self.autocast!r}")
         if self.storage_dtype not in DTYPES:
             raise ValueError(f"storage_dtype must be one of {tuple(DTYPES)}, got {self.storage_dtype!r}")
-        if self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def resolved_checkpoint(self) -> Path | None:
         "The checkpoint to load: the configured one, else $BOXREFINE_CHECKPOINT, else None."
@@ -71,17 +76,26 @@ class EncoderConfig:
 class CheckpointError(ValueError):
     "A checkpoint that is missing, unreadable, or not for the requested model."
 
+
 class RandomWeightsWarning(UserWarning):
     "The encoder has random weights: its features and masks do not reflect HQ-SAM's quality."
+
 
 def _read_state_dict(path: Path, model_type: str) -> dict:
     "The tensors of a checkpoint file, read without running any pickled code."
     expected = f"expected an HQ-SAM {model_type} checkpoint such as sam_hq_{model_type}.pth"
-    if not path.is_file(): raise CheckpointError(f"checkpoint {path} does not exist: {expected}")
-    try: state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise CheckpointError(f"checkpoint {path} cannot be read (truncated, or not a PyTorch file?): {e}; {expected}") from None
-    if not isinstance(state, dict) or not state: raise CheckpointError(f"checkpoint {path} holds no state dict; {expected}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: {expected}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read (truncated, or not a PyTorch file?): {e}; {expected}"
+        ) from None
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"checkpoint {path} holds no state dict; {expected}")
     return state.get("model", state)
+
 
 def _load_weights(sam, path: Path, model_type: str) -> None:
     "Load a checkpoint into `sam`, refusing any missing key or shape mismatch."
@@ -89,10 +103,16 @@ def _load_weights(sam, path: Path, model_type: str) -> None:
     expected = f"expected an HQ-SAM {model_type} checkpoint such as sam_hq_{model_type}.pth"
     own = sam.state_dict()
     missing = [k for k in own if k not in state]
-    wrong = [f"{k} {tuple(state[k].shape)} (model: {tuple(own[k].shape)})" for k in own if k in state and state[k].shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (model: {tuple(own[k].shape)})"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or wrong:
-        raise CheckpointError(f"checkpoint {path} does not fit {model_type}: {len(missing)} missing keys {missing[:3]}, "
-                              f"{len(wrong)} shape mismatches {wrong[:3]}; {expected}")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {model_type}: {len(missing)} missing keys {missing[:3]}, "
+            f"{len(wrong)} shape mismatches {wrong[:3]}; {expected}"
+        )
     sam.load_state_dict(state, strict=False)
 
 # %% ../nbs/02_encoder.ipynb #7b22068e
@@ -106,10 +126,15 @@ def build_sam(
         torch.manual_seed(config.seed)
         sam = registry[config.model_type](checkpoint=None)
     if checkpoint is None:
-        warnings.warn(f"HQ-SAM {config.model_type} has deterministic RANDOM weights (seed {config.seed}): no checkpoint was given "
-                      "(EncoderConfig.checkpoint or $BOXREFINE_CHECKPOINT). Features, masks and SAM baselines will not reflect "
-                      "HQ-SAM quality.", RandomWeightsWarning, stacklevel=2)
-    else: _load_weights(sam, checkpoint, config.model_type)
+        warnings.warn(
+            f"HQ-SAM {config.model_type} has deterministic RANDOM weights (seed {config.seed}): "
+            "no checkpoint was given (EncoderConfig.checkpoint or $BOXREFINE_CHECKPOINT). "
+            "Features, masks and SAM baselines will not reflect HQ-SAM quality.",
+            RandomWeightsWarning,
+            stacklevel=2,
+        )
+    else:
+        _load_weights(sam, checkpoint, config.model_type)
     sam.eval()  # again after loading: TinyViT caches its attention biases here
     return sam.requires_grad_(False).to(config.device)
 
@@ -118,18 +143,24 @@ def load_rgb(
     image,  # A path, a PIL image, or an (H, W), (H, W, 3) or (H, W, 4) uint8 array
 ) -> np.ndarray:  # (H, W, 3) uint8, EXIF orientation applied
     "An image as an RGB uint8 array, whatever it came as (files are read by `read_image`)."
-    if isinstance(image, (str, Path)): return read_image(image)
-    if isinstance(image, Image.Image): return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     array = np.asarray(image)
-    if array.dtype != np.uint8: raise ValueError(f"image arrays must be uint8, got {array.dtype}")
-    if array.ndim == 2: return np.repeat(array[..., None], 3, axis=2)
-    if array.ndim == 3 and array.shape[2] in (3, 4): return np.ascontiguousarray(array[..., :3])
+    if array.dtype != np.uint8:
+        raise ValueError(f"image arrays must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=2)
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return np.ascontiguousarray(array[..., :3])
     raise ValueError(f"image arrays must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
 
 # %% ../nbs/02_encoder.ipynb #5d5d9f0e
 @dataclass(frozen=True)
 class ImageTransform:
     "How an image was resized into HQ-SAM's input frame."
+
     original_hw: tuple  # (height, width) of the original image
     input_hw: tuple  # (height, width) after resizing, before padding to 1024
 
@@ -169,24 +200,36 @@ def _weights_digest(sam, checkpoint: Path | None) -> str:
     h = hashlib.blake2b(digest_size=16)
     if checkpoint is not None:
         with open(checkpoint, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""): h.update(block)
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
         return "file:" + h.hexdigest()
     for name, tensor in sorted(sam.state_dict().items()):
-        h.update(name.encode()); h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return "tensors:" + h.hexdigest()
+
 
 def encoder_fingerprint(
     config: EncoderConfig,  # The encoder's settings
     weights_digest: str,  # From `_weights_digest`
 ) -> str:  # e.g. "vit_tiny-3f9a61c0d2e4b7a8"
     "A short stable string that changes whenever the encoder's features would change."
-    parts = dict(model_type=config.model_type, weights=weights_digest, input_size=INPUT_SIZE,
-                 preprocess=PREPROCESS_VERSION, autocast=config.autocast, storage=config.storage_dtype)
-    return f"{config.model_type}-" + hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=8).hexdigest()
+    parts = dict(
+        model_type=config.model_type,
+        weights=weights_digest,
+        input_size=INPUT_SIZE,
+        preprocess=PREPROCESS_VERSION,
+        autocast=config.autocast,
+        storage=config.storage_dtype,
+    )
+    return (
+        f"{config.model_type}-" + hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=8).hexdigest()
+    )
 
 # %% ../nbs/02_encoder.ipynb #eb6e7258
 class Encoder:
     "HQ-SAM's frozen image encoder with its preprocessing and fingerprint; `config.autocast` is resolved."
+
     def __init__(self, config: EncoderConfig = EncoderConfig()):
         self.precision = choose_precision(config.autocast, config.device, what="the HQ-SAM encoder")
         self.config = config = replace(config, autocast=self.precision.precision)
@@ -195,7 +238,8 @@ class Encoder:
         self.calls, self.images, self.seconds = 0, 0, 0.0
 
     @property
-    def interm_channels(self) -> int: return INTERM_CHANNELS[self.config.model_type]
+    def interm_channels(self) -> int:
+        return INTERM_CHANNELS[self.config.model_type]
 
     def encode(
         self,
@@ -204,7 +248,7 @@ class Encoder:
         "Encode images in batches of `config.batch_size`."
         out = []
         for start in range(0, len(images), self.config.batch_size):
-            out += self._encode_batch(images[start:start + self.config.batch_size])
+            out += self._encode_batch(images[start : start + self.config.batch_size])
         return out
 
     def _encode_batch(self, images: list) -> list[dict]:
@@ -213,9 +257,20 @@ class Encoder:
         with torch.inference_mode(), autocast_context(self.config.device, self.config.autocast):
             embedding, interm = self.sam.image_encoder(torch.stack(inputs))
         embedding, interm = embedding.float().cpu(), interm[0].float().cpu()
-        self.calls, self.images, self.seconds = self.calls + 1, self.images + len(images), self.seconds + time.perf_counter() - start
-        return [dict(image_embedding=embedding[i].clone(), interm_embedding=interm[i].contiguous().clone(),
-                     original_hw=t.original_hw, input_hw=t.input_hw) for i, t in enumerate(transforms)]
+        self.calls, self.images, self.seconds = (
+            self.calls + 1,
+            self.images + len(images),
+            self.seconds + time.perf_counter() - start,
+        )
+        return [
+            dict(
+                image_embedding=embedding[i].clone(),
+                interm_embedding=interm[i].contiguous().clone(),
+                original_hw=t.original_hw,
+                input_hw=t.input_hw,
+            )
+            for i, t in enumerate(transforms)
+        ]
 
 # %% ../nbs/02_encoder.ipynb #62621210
 def box_masks(
@@ -230,8 +285,18 @@ def box_masks(
     emb = features["image_embedding"].to(device, torch.float32)[None]
     interm = features["interm_embedding"].to(device, torch.float32)[None]
     with torch.inference_mode():
-        sparse, dense = sam.prompt_encoder(points=None, boxes=transform.to_input(boxes.to(device, torch.float32)), masks=None)
-        logits, iou = sam.mask_decoder(image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
-                                       dense_prompt_embeddings=dense, multimask_output=False, hq_token_only=True, interm_embeddings=[interm])
-        if not low_res: logits = sam.postprocess_masks(logits, transform.input_hw, transform.original_hw)
+        sparse, dense = sam.prompt_encoder(
+            points=None, boxes=transform.to_input(boxes.to(device, torch.float32)), masks=None
+        )
+        logits, iou = sam.mask_decoder(
+            image_embeddings=emb,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+            hq_token_only=True,
+            interm_embeddings=[interm],
+        )
+        if not low_res:
+            logits = sam.postprocess_masks(logits, transform.input_hw, transform.original_hw)
     return logits[:, 0].clone(), iou[:, 0].clone()

@@ -19,21 +19,30 @@ __all__ = ['GATE_MARGINS', 'GainCB', 'good_boxes_harmed', 'best_min_gain', 'gate
 # %% ../nbs/06_gate.ipynb #cef210bd
 GATE_MARGINS = tuple(round(float(m), 2) for m in np.arange(-0.10, 0.205, 0.01))
 
+
 class GainCB(Callback):
     "Per validation box: IoU of the input box, IoU of the refined box, predicted gain (gathered over processes)."
+
     order = 25
-    def before_fit(self, learn): self.rows = []
+
+    def before_fit(self, learn):
+        self.rows = []
+
     def after_loss(self, learn):
         p, b = learn.preds, learn.batch
         gain = torch.sigmoid(p["quality"]) - torch.sigmoid(p["input_quality"])
         ious = [elementwise_iou(x.float(), b["boxes"]) for x in (b["noisy"], p["boxes"][-1])]
         self.rows.append(torch.stack([*ious, gain.float()], 1).cpu())
-    def after_fit(self, learn): self.table = gather_over_ranks(torch.cat(self.rows) if self.rows else torch.zeros(0, 3))
+
+    def after_fit(self, learn):
+        self.table = gather_over_ranks(torch.cat(self.rows) if self.rows else torch.zeros(0, 3))
+
 
 def good_boxes_harmed(input_iou: Tensor, gated_iou: Tensor, good: float = 0.95) -> float:
     "The share of good input boxes (IoU >= `good`) that the gated answer makes worse by more than 0.05 IoU."
     sel = input_iou >= good
     return (gated_iou[sel] < input_iou[sel] - 0.05).double().mean().item() if sel.any() else 0.0
+
 
 def best_min_gain(
     input_iou: Tensor,  # (N,) IoU of each input box
@@ -43,7 +52,7 @@ def best_min_gain(
     tie: float = 1e-4,  # Margins within this of the best mean IoU count as ties
     max_harm: float = 0.02,  # Most of the good input boxes (IoU >= 0.95) that may be made worse by more than 0.05
 ) -> float:  # The largest margin among the best allowed
-    "The margin whose gated boxes have the best mean IoU while harming at most `max_harm` of the good boxes; the most cautious of near-ties."
+    "The margin of best gated mean IoU harming at most `max_harm` of the good boxes; the most cautious of ties."
     gated = {m: torch.where(gain >= m, refined_iou, input_iou) for m in margins}
     allowed = [m for m in margins if good_boxes_harmed(input_iou, gated[m]) <= max_harm] or [max(margins)]
     scores = {m: gated[m].mean().item() for m in allowed}
@@ -54,13 +63,24 @@ def gate_summary(table: Tensor, min_gain: float) -> dict:
     "What gating at `min_gain` does to the boxes of a `GainCB` table."
     input_iou, refined_iou, gain = table.T
     gated = torch.where(gain >= min_gain, refined_iou, input_iou)
-    return {"min_gain": min_gain, "boxes": len(gain), "input_mean_iou": input_iou.mean().item(),
-            "refined_mean_iou": refined_iou.mean().item(), "gated_mean_iou": gated.mean().item(),
-            "moved": (gain >= min_gain).float().mean().item(), "worse_by_0.05": (gated < input_iou - 0.05).float().mean().item(),
-            "good_boxes_harmed": good_boxes_harmed(input_iou, gated)}
+    return {
+        "min_gain": min_gain,
+        "boxes": len(gain),
+        "input_mean_iou": input_iou.mean().item(),
+        "refined_mean_iou": refined_iou.mean().item(),
+        "gated_mean_iou": gated.mean().item(),
+        "moved": (gain >= min_gain).float().mean().item(),
+        "worse_by_0.05": (gated < input_iou - 0.05).float().mean().item(),
+        "good_boxes_harmed": good_boxes_harmed(input_iou, gated),
+    }
+
 
 def gate_line(gate: dict) -> str:
     "What the chosen gate does on the validation boxes, in one line."
-    return (f"gate: min_gain {gate['min_gain']:+.2f} chosen on {gate['boxes']} validation boxes with every kind of error: "
-            f"mean IoU input {gate['input_mean_iou']:.3f}, refined {gate['refined_mean_iou']:.3f}, gated {gate['gated_mean_iou']:.3f} "
-            f"({gate['moved']:.0%} moved, {gate['worse_by_0.05']:.1%} worse by > 0.05; of the good boxes {gate['good_boxes_harmed']:.1%})")
+    return (
+        f"gate: min_gain {gate['min_gain']:+.2f} chosen on {gate['boxes']} validation boxes with every kind of error: "
+        f"mean IoU input {gate['input_mean_iou']:.3f}, refined {gate['refined_mean_iou']:.3f}, "
+        f"gated {gate['gated_mean_iou']:.3f} "
+        f"({gate['moved']:.0%} moved, {gate['worse_by_0.05']:.1%} worse by > 0.05; "
+        f"of the good boxes {gate['good_boxes_harmed']:.1%})"
+    )

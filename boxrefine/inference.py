@@ -25,6 +25,7 @@ def refiner_at(run=None) -> BoxRefiner:
     "The refiner of `run` (a run folder or a refiner file), else the shipped prior."
     return BoxRefiner.load(run) if run else load_prior()
 
+
 def refiner_cache(refiner: BoxRefiner, cache_dir=None) -> FeatureCache | None:
     "A cache over the refiner's training encoder when it reads SAM features, else None (no encoder is built)."
     return FeatureCache(refiner.training_encoder(), cache_dir) if refiner.net.config.sam != "off" else None
@@ -40,22 +41,38 @@ def refine_records(
 ) -> list:  # One `Refinement` per record
     "Refine the boxes of every record."
     from fastprogress.fastprogress import progress_bar
-    if cache is not None: cache.warm([r.path for r in records], progress=progress)
+
+    if cache is not None:
+        cache.warm([r.path for r in records], progress=progress)
     shown = progress_bar(records, leave=False) if progress and live_progress() else records
     return [refiner.refine_boxes(r.path, b, cache, min_gain) for r, b in zip(shown, boxes)]
 
-def refined_method(refiner: BoxRefiner, records: list, noise: NoiseConfig, cache=None, progress: bool = True,
-                   min_gain: float | None = None) -> dict:
-    "`evaluate_boxes` metrics of the refiner's boxes from the noisy ones, scored by predicted quality, and the change shares."
+
+def refined_method(
+    refiner: BoxRefiner,
+    records: list,
+    noise: NoiseConfig,
+    cache=None,
+    progress: bool = True,
+    min_gain: float | None = None,
+) -> dict:
+    "`evaluate_boxes` of the refiner's boxes from the noisy ones, scored by predicted quality, and the change shares."
     noisy = [noise.noisy(r) for r in records]
     out = refine_records(refiner, records, noisy, cache, progress, min_gain)
-    before, after = (torch.cat([elementwise_iou(b, r.boxes) for b, r in zip(boxes, records)]) for boxes in (noisy, [o.boxes for o in out]))
+    before, after = (
+        torch.cat([elementwise_iou(b, r.boxes) for b, r in zip(boxes, records)])
+        for boxes in (noisy, [o.boxes for o in out])
+    )
     moved = torch.cat([o.moved for o in out]).double().mean().item()
-    return {**evaluate_boxes(records, [o.boxes for o in out], [o.quality for o in out]), **change_shares(before, after), "moved": moved}
+    return {
+        **evaluate_boxes(records, [o.boxes for o in out], [o.quality for o in out]),
+        **change_shares(before, after),
+        "moved": moved,
+    }
 
 # %% ../nbs/09_inference.ipynb #fed06df0
 def refined_coco(coco: dict, records: list, refined: list, refiner: str) -> tuple:
-    "A copy of the COCO dict with the answer boxes, their qualities, whether they moved and the input boxes; and how many were refined."
+    "A copy of the COCO dict with the answers, their qualities, whether they moved, the input boxes; and how many."
     out = copy.deepcopy(coco)
     by_key = {}
     for r, o in zip(records, refined):
@@ -63,17 +80,26 @@ def refined_coco(coco: dict, records: list, refined: list, refiner: str) -> tupl
         for key, box, score, moved in zip(r.annotation_ids, boxes, o.quality.tolist(), o.moved.tolist()):
             by_key[key] = ([round(v, 2) for v in box], round(score, 4), moved)
     for i, ann in enumerate(out["annotations"]):
-        if (key := annotation_key(ann, i)) not in by_key: continue
+        if (key := annotation_key(ann, i)) not in by_key:
+            continue
         box, score, moved = by_key[key]
         ann["bbox_input"], ann["bbox"], ann["quality"], ann["moved"] = ann["bbox"], box, score, moved
-        if not ann.get("segmentation"): ann["area"] = round(box[2] * box[3], 2)
+        if not ann.get("segmentation"):
+            ann["area"] = round(box[2] * box[3], 2)
     out.setdefault("info", {})["boxrefine"] = {"refiner": refiner, "refined_annotations": len(by_key)}
     return out, len(by_key)
+
 
 def move_summary(records: list, refined: list) -> dict:
     "How many boxes were refined and moved, and the median IoU of a moved box to its input."
     n = sum(len(o.boxes) for o in refined)
     moved = torch.cat([o.moved for o in refined]) if n else torch.zeros(0, dtype=torch.bool)
-    shift = torch.cat([elementwise_iou(o.boxes, r.boxes) for o, r in zip(refined, records)])[moved] if n else torch.ones(0)
-    return {"refined": n, "moved": int(moved.sum()), "kept": n - int(moved.sum()),
-            "median_iou_to_input": shift.median().item() if len(shift) else 1.0}
+    shift = (
+        torch.cat([elementwise_iou(o.boxes, r.boxes) for o, r in zip(refined, records)])[moved] if n else torch.ones(0)
+    )
+    return {
+        "refined": n,
+        "moved": int(moved.sum()),
+        "kept": n - int(moved.sum()),
+        "median_iou_to_input": shift.median().item() if len(shift) else 1.0,
+    }

@@ -23,64 +23,111 @@ __all__ = ['SCHEDULES', 'CancelFitException', 'CancelEpochException', 'CancelBat
            'SchedulerCB', 'history_line', 'ProgressCB', 'EarlyStoppingCB', 'StopAfterCB', 'LRFinderCB', 'lr_find']
 
 # %% ../nbs/06_learner.ipynb #ff462c0e
-class CancelFitException(Exception): "Stop fitting, quietly."
-class CancelEpochException(Exception): "Skip the rest of this epoch."
-class CancelBatchException(Exception): "Skip the rest of this batch."
+class CancelFitException(Exception):
+    "Stop fitting, quietly."
+
+
+class CancelEpochException(Exception):
+    "Skip the rest of this epoch."
+
+
+class CancelBatchException(Exception):
+    "Skip the rest of this batch."
+
 
 class Callback:
     "Base of every callback: lower `order` runs first."
+
     order = 0
+
 
 def run_cbs(cbs, method_nm: str, learn=None):
     "Call `method_nm` on every callback that has it, in `order`."
     for cb in sorted(cbs, key=attrgetter("order")):
         method = getattr(cb, method_nm, None)
-        if method is not None: method(learn)
+        if method is not None:
+            method(learn)
+
 
 class with_cbs:
     "Decorate a step so `before_<nm>`, `after_<nm>` and `cleanup_<nm>` run around it and `Cancel<Nm>Exception` ends it."
-    def __init__(self, nm: str): self.nm = nm
+
+    def __init__(self, nm: str):
+        self.nm = nm
+
     def __call__(self, f):
         def _f(o, *args, **kwargs):
             try:
                 o.callback(f"before_{self.nm}")
                 f(o, *args, **kwargs)
                 o.callback(f"after_{self.nm}")
-            except globals()[f"Cancel{self.nm.title()}Exception"]: pass
-            finally: o.callback(f"cleanup_{self.nm}")
+            except globals()[f"Cancel{self.nm.title()}Exception"]:
+                pass
+            finally:
+                o.callback(f"cleanup_{self.nm}")
+
         return _f
 
 # %% ../nbs/06_learner.ipynb #35414acb
 class NonFiniteLoss(FloatingPointError):
     "Training produced a non-finite loss or prediction."
 
+
 def to_device(x, device):
     "Tensors in nested dicts and lists moved to `device`."
-    if isinstance(x, Tensor): return x.to(device, non_blocking=True)
-    if isinstance(x, dict): return {k: to_device(v, device) for k, v in x.items()}
-    if isinstance(x, list): return [to_device(v, device) for v in x]
+    if isinstance(x, Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, list):
+        return [to_device(v, device) for v in x]
     return x
+
 
 class Learner:
     "Fit `model` on `train_dl` with `loss_func`, score it on `valid_dl`; everything else is callbacks."
-    def __init__(self, model, train_dl, valid_dl, loss_func, lr: float = 1e-3, weight_decay: float = 0.0, cbs=(),
-                 opt_func=torch.optim.AdamW):
+
+    def __init__(
+        self,
+        model,
+        train_dl,
+        valid_dl,
+        loss_func,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        cbs=(),
+        opt_func=torch.optim.AdamW,
+    ):
         self.model, self.train_dl, self.valid_dl, self.loss_func = model, train_dl, valid_dl, loss_func
         self.cbs = list(cbs)
         self.opt = opt_func(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.epoch, self.step_count, self.scaler, self.device = 0, 0, None, torch.device("cpu")
 
-    def callback(self, method_nm: str): run_cbs(self.cbs, method_nm, self)
-    def where(self) -> str: return f"at epoch {self.epoch}, step {self.step_count}"
-    def predict(self): self.preds = (self.model if self.training else unwrap(self.model))(self.batch)
+    def callback(self, method_nm: str):
+        run_cbs(self.cbs, method_nm, self)
+
+    def where(self) -> str:
+        return f"at epoch {self.epoch}, step {self.step_count}"
+
+    def predict(self):
+        self.preds = (self.model if self.training else unwrap(self.model))(self.batch)
+
     def get_loss(self):
         self.loss = self.loss_func(self.preds, self.batch)
         self.check_loss()
+
     def check_loss(self):
-        if not torch.isfinite(self.loss): raise NonFiniteLoss(f"non-finite loss {self.loss.item()} {self.where()}")
-    def backward(self): self.loss.backward()
-    def step(self): self.opt.step()
-    def zero_grad(self): self.opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(self.loss):
+            raise NonFiniteLoss(f"non-finite loss {self.loss.item()} {self.where()}")
+
+    def backward(self):
+        self.loss.backward()
+
+    def step(self):
+        self.opt.step()
+
+    def zero_grad(self):
+        self.opt.zero_grad(set_to_none=True)
 
     @with_cbs("batch")
     def _one_batch(self):
@@ -97,57 +144,86 @@ class Learner:
 
     @with_cbs("epoch")
     def _one_epoch(self):
-        for self.iter, self.batch in enumerate(self.dl): self._one_batch()
+        for self.iter, self.batch in enumerate(self.dl):
+            self._one_batch()
 
     def one_epoch(self, training: bool):
         self.model.train(training)
         self.training, self.dl = training, self.train_dl if training else self.valid_dl
         for part in (getattr(self.dl, "sampler", None), getattr(self.dl, "dataset", None)):  # new noise, new order
-            if hasattr(part, "set_epoch"): part.set_epoch(self.epoch)
-        with torch.set_grad_enabled(training): self._one_epoch()
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(self.epoch)
+        with torch.set_grad_enabled(training):
+            self._one_epoch()
 
     @with_cbs("fit")
     def _fit(self, train: bool, valid: bool):
         for self.epoch in range(self.start_epoch, self.n_epochs):
-            if train: self.one_epoch(True)
-            if valid: self.one_epoch(False)
+            if train:
+                self.one_epoch(True)
+            if valid:
+                self.one_epoch(False)
 
     def fit(self, n_epochs: int, train: bool = True, valid: bool = True, cbs=()):
         "Run epochs `start_epoch` (0, or where a resumed run stopped) to `n_epochs`; `cbs` only for this fit."
         self.n_epochs, self.start_epoch = n_epochs, getattr(self, "resume_epoch", 0)
         self.cbs += cbs
-        try: self._fit(train, valid)
+        try:
+            self._fit(train, valid)
         finally:
-            for cb in cbs: self.cbs.remove(cb)
+            for cb in cbs:
+                self.cbs.remove(cb)
 
 # %% ../nbs/06_learner.ipynb #a2a77be9
 class DeviceCB(Callback):
     "Model and batches on one device."
+
     order = -20
-    def __init__(self, device): self.device = torch.device(device)
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
     def before_fit(self, learn):
         learn.device = self.device
         learn.model.to(self.device)
-    def before_batch(self, learn): learn.batch = to_device(learn.batch, self.device)
+
+    def before_batch(self, learn):
+        learn.batch = to_device(learn.batch, self.device)
+
 
 class MixedPrecisionCB(Callback):
     "Forward pass under `torch.autocast`; for fp16, a `GradScaler` whose skipped steps are counted."
+
     order = -10
-    def __init__(self, precision: str): self.precision = precision
+
+    def __init__(self, precision: str):
+        self.precision = precision
+
     def before_fit(self, learn):
         learn.skipped_steps = getattr(learn, "skipped_steps", 0)
-        if self.precision == "fp16" and learn.scaler is None: learn.scaler = torch.amp.GradScaler(learn.device.type)
+        if self.precision == "fp16" and learn.scaler is None:
+            learn.scaler = torch.amp.GradScaler(learn.device.type)
         if learn.scaler is not None:
             learn.backward, learn.step = partial(self.backward, learn), partial(self.step, learn)
+
     def before_batch(self, learn):
         self.autocast = autocast_context(learn.device, self.precision)
         self.autocast.__enter__()
-    def after_predict(self, learn): self.leave_autocast()  # the loss is computed in fp32, outside autocast
-    def cleanup_batch(self, learn): self.leave_autocast()
+
+    def after_predict(self, learn):
+        self.leave_autocast()  # the loss is computed in fp32, outside autocast
+
+    def cleanup_batch(self, learn):
+        self.leave_autocast()
+
     def leave_autocast(self):
-        if getattr(self, "autocast", None) is not None: self.autocast.__exit__(None, None, None)
+        if getattr(self, "autocast", None) is not None:
+            self.autocast.__exit__(None, None, None)
         self.autocast = None
-    def backward(self, learn): learn.scaler.scale(learn.loss).backward()
+
+    def backward(self, learn):
+        learn.scaler.scale(learn.loss).backward()
+
     def step(self, learn):
         scale = learn.scaler.get_scale()
         learn.scaler.step(learn.opt)
@@ -157,93 +233,155 @@ class MixedPrecisionCB(Callback):
 # %% ../nbs/06_learner.ipynb #b77ca969
 class GradClipCB(Callback):
     "Clip the gradient norm (unscaled first when a `GradScaler` is in use)."
-    def __init__(self, max_norm: float): self.max_norm = max_norm
+
+    def __init__(self, max_norm: float):
+        self.max_norm = max_norm
+
     def after_backward(self, learn):
-        if learn.scaler is not None: learn.scaler.unscale_(learn.opt)
+        if learn.scaler is not None:
+            learn.scaler.unscale_(learn.opt)
         learn.grad_norm = torch.nn.utils.clip_grad_norm_(learn.model.parameters(), self.max_norm).item()
 
+
 SCHEDULES = ("cosine", "constant")
+
 
 def lr_factor(step: int, total: int, warmup: float, schedule: str = "cosine") -> float:
     "The learning rate at `step` of `total`, as a fraction of the peak."
     warm = max(1, round(warmup * total))
-    if step < warm: return (step + 1) / warm
-    if schedule == "constant": return 1.0
+    if step < warm:
+        return (step + 1) / warm
+    if schedule == "constant":
+        return 1.0
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
 
 class SchedulerCB(Callback):
     "Set the learning rate of every step from `lr_factor`, peaking at `lr`."
+
     order = 10
-    def __init__(self, lr: float, warmup: float = 0.05, schedule: str = "cosine"): self.lr, self.warmup, self.schedule = lr, warmup, schedule
-    def before_fit(self, learn): self.total = learn.n_epochs * len(learn.train_dl)
+
+    def __init__(self, lr: float, warmup: float = 0.05, schedule: str = "cosine"):
+        self.lr, self.warmup, self.schedule = lr, warmup, schedule
+
+    def before_fit(self, learn):
+        self.total = learn.n_epochs * len(learn.train_dl)
+
     def before_batch(self, learn):
-        if not learn.training: return
+        if not learn.training:
+            return
         learn.lr = self.lr * lr_factor(learn.step_count, self.total, self.warmup, self.schedule)
-        for g in learn.opt.param_groups: g["lr"] = learn.lr
-    def after_step(self, learn): learn.step_count += 1
+        for g in learn.opt.param_groups:
+            g["lr"] = learn.lr
+
+    def after_step(self, learn):
+        learn.step_count += 1
 
 # %% ../nbs/06_learner.ipynb #30cc9f7c
 def history_line(h: dict, n_epochs: int) -> str:
     "One history row as one line of text: its numbers, rounded."
-    return f"epoch {h['epoch'] + 1}/{n_epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in h.items() if k != "epoch" and isinstance(v, float))
+    return f"epoch {h['epoch'] + 1}/{n_epochs}: " + ", ".join(
+        f"{k} {v:.4g}" for k, v in h.items() if k != "epoch" and isinstance(v, float)
+    )
+
 
 class ProgressCB(Callback):
     "fastprogress bars (loss per step) in a notebook or terminal, else one plain line per epoch from `line`."
+
     order = 30
-    def __init__(self, line=history_line): self.line = line
+
+    def __init__(self, line=history_line):
+        self.line = line
+
     def before_fit(self, learn):
         self.mbar = None
-        if not live_progress(): return
+        if not live_progress():
+            return
         from fastprogress.fastprogress import master_bar
+
         self.mbar = master_bar(range(learn.start_epoch, learn.n_epochs))
         self.mbar.update(0)
+
     def before_epoch(self, learn):
         from fastprogress.fastprogress import progress_bar
-        if self.mbar is not None: learn.dl = progress_bar(learn.dl, parent=self.mbar, leave=False)
+
+        if self.mbar is not None:
+            learn.dl = progress_bar(learn.dl, parent=self.mbar, leave=False)
+
     def after_batch(self, learn):
-        if learn.training and self.mbar is not None: learn.dl.comment = f"loss {learn.loss.item():.3f}"
+        if learn.training and self.mbar is not None:
+            learn.dl.comment = f"loss {learn.loss.item():.3f}"
+
     def after_epoch(self, learn):
-        if learn.training or not getattr(learn, "history", None): return
+        if learn.training or not getattr(learn, "history", None):
+            return
         line = self.line(learn.history[-1], learn.n_epochs)
-        if self.mbar is None: return print(line, flush=True)
+        if self.mbar is None:
+            return print(line, flush=True)
         self.mbar.write(line)
         self.mbar.update(learn.history[-1]["epoch"] + 1 - learn.start_epoch)
+
     def cleanup_fit(self, learn):
-        if self.mbar is not None and self.mbar.main_bar.last_v is not None: self.mbar.on_iter_end()  # stopped early
+        if self.mbar is not None and self.mbar.main_bar.last_v is not None:
+            self.mbar.on_iter_end()  # stopped early
+
 
 class EarlyStoppingCB(Callback):
     "Stop when `learn.best` (kept by a metrics callback) has not improved for `patience` epochs."
+
     order = 60
-    def __init__(self, patience: int): self.patience = patience
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
     def after_epoch(self, learn):
-        if learn.training or getattr(learn, "best", None) is None: return
+        if learn.training or getattr(learn, "best", None) is None:
+            return
         if learn.epoch - learn.best["epoch"] >= self.patience:
             print(f"early stop: no better validation epoch since epoch {learn.best['epoch'] + 1}")
             raise CancelFitException()
 
+
 class StopAfterCB(Callback):
     "Cancel the fit after `epochs` epochs: an interruption, for tests and demonstrations."
+
     order = 100
-    def __init__(self, epochs: int): self.epochs = epochs
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
     def after_epoch(self, learn):
-        if not learn.training and learn.epoch + 1 >= self.epochs: raise CancelFitException()
+        if not learn.training and learn.epoch + 1 >= self.epochs:
+            raise CancelFitException()
 
 # %% ../nbs/06_learner.ipynb #d2749479
 class LRFinderCB(Callback):
     "Grow the learning rate exponentially each step; stop when the loss blows up."
+
     order = 15
-    def __init__(self, start: float = 1e-6, end: float = 1.0, steps: int = 60): self.start, self.end, self.steps = start, end, steps
-    def before_fit(self, learn): self.lrs, self.losses, self.i = [], [], 0
+
+    def __init__(self, start: float = 1e-6, end: float = 1.0, steps: int = 60):
+        self.start, self.end, self.steps = start, end, steps
+
+    def before_fit(self, learn):
+        self.lrs, self.losses, self.i = [], [], 0
+
     def before_batch(self, learn):
-        if not learn.training: raise CancelEpochException()
+        if not learn.training:
+            raise CancelEpochException()
         learn.lr = self.start * (self.end / self.start) ** (self.i / max(1, self.steps - 1))
-        for g in learn.opt.param_groups: g["lr"] = learn.lr
+        for g in learn.opt.param_groups:
+            g["lr"] = learn.lr
+
     def after_loss(self, learn):
-        if not learn.training: return
+        if not learn.training:
+            return
         self.lrs.append(learn.lr)
         self.losses.append(learn.loss.item())
         self.i += 1
-        if self.i >= self.steps or not math.isfinite(self.losses[-1]) or self.losses[-1] > 4 * min(self.losses): raise CancelFitException()
+        if self.i >= self.steps or not math.isfinite(self.losses[-1]) or self.losses[-1] > 4 * min(self.losses):
+            raise CancelFitException()
+
 
 def lr_find(learn: Learner, start: float = 1e-6, end: float = 1.0, steps: int = 60) -> tuple:
     "(learning rates, losses, suggested rate); the learner's weights and optimiser are left as they were."
@@ -251,7 +389,8 @@ def lr_find(learn: Learner, start: float = 1e-6, end: float = 1.0, steps: int = 
     keep = [cb for cb in learn.cbs if isinstance(cb, (DeviceCB, MixedPrecisionCB, GradClipCB))]
     cbs, learn.cbs = learn.cbs, keep
     finder = LRFinderCB(start, end, steps)
-    try: learn.fit(math.ceil(steps / len(learn.train_dl)), valid=False, cbs=[finder])
+    try:
+        learn.fit(math.ceil(steps / len(learn.train_dl)), valid=False, cbs=[finder])
     finally:
         learn.cbs = cbs
         learn.model.load_state_dict(model_state)

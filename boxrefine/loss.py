@@ -21,6 +21,7 @@ __all__ = ['LossConfig', 'LossParts', 'giou_loss', 'box_loss']
 @dataclass(frozen=True)
 class LossConfig:
     "Weights and smoothing of the box loss."
+
     l1_weight: float = 5.0  # Weight of L1 on normalised xyxy boxes (DETR: 5)
     giou_weight: float = 2.0  # Weight of the GIoU loss (DETR: 2)
     eps: float = 1e-7  # Smoothing of IoU and GIoU, in squared pixels (torchvision: 1e-7)
@@ -30,10 +31,13 @@ class LossConfig:
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"loss {f.name} must be a finite number >= 0, got {v!r}")
-        if self.l1_weight + self.giou_weight == 0: raise ValueError("loss l1_weight and giou_weight are both 0: nothing to train on")
+        if self.l1_weight + self.giou_weight == 0:
+            raise ValueError("loss l1_weight and giou_weight are both 0: nothing to train on")
+
 
 class LossParts(NamedTuple):
     "The total loss and its unweighted parts, each a scalar fp32 tensor."
+
     total: Tensor  # l1_weight * l1 + giou_weight * giou
     l1: Tensor  # Mean over boxes of the summed absolute error of the 4 normalised coordinates
     giou: Tensor  # Mean over boxes of 1 - GIoU
@@ -42,6 +46,7 @@ class LossParts(NamedTuple):
 def _fp32(x: Tensor) -> Tensor:
     "Half-precision tensors upcast to fp32; fp32 and fp64 stay as they are."
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
 
 def giou_loss(
     pred: Tensor,  # Predicted xyxy boxes, (N, 4)
@@ -52,6 +57,7 @@ def giou_loss(
     check_box_pair(pred, target)
     return 1 - elementwise_giou(_fp32(pred), _fp32(target), eps)
 
+
 def box_loss(
     pred: Tensor,  # Predicted xyxy boxes in pixels, (N, 4)
     target: Tensor,  # True xyxy boxes in pixels, (N, 4)
@@ -60,7 +66,8 @@ def box_loss(
 ) -> LossParts:  # The total and its parts
     "L1 on normalised boxes plus GIoU loss, averaged over boxes and computed in fp32."
     check_box_pair(pred, target)
-    if len(pred) == 0: raise BoxError("pred and target hold no boxes: the mean loss of an empty batch is undefined")
+    if len(pred) == 0:
+        raise BoxError("pred and target hold no boxes: the mean loss of an empty batch is undefined")
     pred, target = _fp32(pred), _fp32(target)
     l1 = (normalize_boxes(pred, image_hw) - normalize_boxes(target, image_hw)).abs().sum(1).mean()
     giou = giou_loss(pred, target, config.eps).mean()

@@ -27,21 +27,28 @@ def cpu_name() -> str:
     "The CPU's model name, as the operating system reports it."
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"): return line.split(":", 1)[1].strip()
-    except OSError: pass
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine()
+
 
 def cpu_description() -> str:
     "The CPU's name, torch's kernel level and whether it runs bf16 natively, e.g. for a benchmark's header."
     native = "native bf16" if native_bf16(torch.device("cpu")) else "no native bf16"
     return f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, {native}, {os.cpu_count()} cores)"
 
+
 def native_bf16(device: torch.device) -> bool:
     "Whether `device` runs bf16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX."
-    if device.type == "cuda": return torch.cuda.is_bf16_supported()
-    if device.type != "cpu": return False
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported() and (torch.cpu._is_avx512_bf16_supported()
-                                                           or torch.cpu._is_amx_tile_supported())
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported() and (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    )
 
 # %% ../nbs/01_machine.ipynb #e54379f8
 def time_call(fn, repeats: int = 3) -> float:
@@ -54,32 +61,43 @@ def time_call(fn, repeats: int = 3) -> float:
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
+
 def autocast_context(device, precision: str):
     "`torch.autocast` for `precision` (bf16 or fp16) on `device`'s type, or a no-op for fp32."
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(torch.device(device).type, dtype or torch.float32, enabled=dtype is not None)
 
+
 def bf16_slowdown(device=torch.device("cpu")) -> float:
     "Seconds in bf16 over seconds in fp32 of a short matmul and convolution workload on `device`."
     x, conv = torch.randn(8, 64, 64, 64, device=device), torch.nn.Conv2d(64, 64, 3, padding=1).to(device)
     a = torch.randn(1024, 768, device=device)
+
     def work(precision):
         def run():
-            with torch.no_grad(), autocast_context(device, precision): conv(x), a @ a.T
+            with torch.no_grad(), autocast_context(device, precision):
+                conv(x), a @ a.T
+
         return time_call(run)
+
     return work("bf16") / work("fp32")
 
 # %% ../nbs/01_machine.ipynb #e34412e4
 def probe_file() -> Path:
     "Where probe answers are kept: $BOXREFINE_PROBES, else beside the feature cache in the user's cache folder."
-    if os.environ.get("BOXREFINE_PROBES"): return Path(os.environ["BOXREFINE_PROBES"]).expanduser()
+    if os.environ.get("BOXREFINE_PROBES"):
+        return Path(os.environ["BOXREFINE_PROBES"]).expanduser()
     return user_cache_dir() / "precision-probes.json"
+
 
 def user_cache_dir() -> Path:
     "boxrefine's folder in the platform's user cache folder."
-    if sys.platform == "darwin": return Path.home() / "Library" / "Caches" / "boxrefine"
-    if os.name == "nt": return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "boxrefine" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "boxrefine"
+    if os.name == "nt":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "boxrefine" / "Cache"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "boxrefine"
+
 
 def probe_key(device: torch.device, what: str) -> str:
     "A key that changes with the device, its kernels, torch's version and what was probed."
@@ -87,36 +105,47 @@ def probe_key(device: torch.device, what: str) -> str:
     parts = [dev, torch.backends.cpu.get_cpu_capability(), str(native_bf16(device)), torch.__version__, what]
     return hashlib.blake2b("|".join(parts).encode(), digest_size=8).hexdigest()
 
+
 def remembered_probe(key: str, measure) -> dict:
     "The stored answer for `key`, else `measure()` (a dict of seconds per precision), stored."
     path = probe_file()
-    try: known = json.loads(path.read_text())
-    except (OSError, ValueError): known = {}
-    if not isinstance(known, dict): known = {}
-    if isinstance(known.get(key), dict): return known[key]
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(key), dict):
+        return known[key]
     known[key] = measure()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
         tmp.write_text(json.dumps(known, indent=1))
         os.replace(tmp, path)
-    except OSError: pass  # a read-only home only costs a probe next time
+    except OSError:
+        pass  # a read-only home only costs a probe next time
     return known[key]
 
 # %% ../nbs/01_machine.ipynb #812c81ad
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
+
 class SlowPrecisionWarning(UserWarning):
     "A precision that was asked for explicitly and runs slowly on this device."
+
 
 @dataclass(frozen=True)
 class PrecisionChoice:
     "The precision to run in and why."
+
     precision: str  # "bf16", "fp16" or "fp32"
     reason: str  # One line for the log
     seconds: dict | None = None  # Measured seconds per step by precision, when a probe ran
 
-    def __str__(self): return f"{self.precision} ({self.reason})"
+    def __str__(self):
+        return f"{self.precision} ({self.reason})"
+
 
 def _device_words(device: torch.device) -> str:
     "The device as a log names it: a GPU's name, or a CPU's name with its kernel level and bf16 support."
@@ -132,30 +161,45 @@ def choose_precision(
 ) -> PrecisionChoice:
     "The precision to run `what` in on `device`: the requested one, or the fastest safe one for `auto`."
     device = torch.device(device)
-    if requested not in PRECISIONS: raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
-    if requested != "auto": return _explicit(requested, device)
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
+    if requested != "auto":
+        return _explicit(requested, device)
     if device.type == "cuda":
-        if native_bf16(device): return PrecisionChoice("bf16", f"{_device_words(device)} supports bf16")
+        if native_bf16(device):
+            return PrecisionChoice("bf16", f"{_device_words(device)} supports bf16")
         return PrecisionChoice("fp16", f"{_device_words(device)} has no bf16: fp16 with a gradient scaler")
-    if not native_bf16(device): return PrecisionChoice("fp32", f"{_device_words(device)}: bf16 is not native")
-    if probe is None: return PrecisionChoice("bf16", f"{_device_words(device)} runs bf16 natively")
-    seconds = remembered_probe(probe_key(device, what + probe_id), lambda: {p: time_call(lambda: probe(p)) for p in ("bf16", "fp32")})
+    if not native_bf16(device):
+        return PrecisionChoice("fp32", f"{_device_words(device)}: bf16 is not native")
+    if probe is None:
+        return PrecisionChoice("bf16", f"{_device_words(device)} runs bf16 natively")
+    seconds = remembered_probe(
+        probe_key(device, what + probe_id), lambda: {p: time_call(lambda: probe(p)) for p in ("bf16", "fp32")}
+    )
     faster = "bf16" if seconds["bf16"] < 0.95 * seconds["fp32"] else "fp32"
     ratio = seconds["fp32"] / seconds["bf16"]
-    return PrecisionChoice(faster, f"{what} measured {ratio:.2f}x as fast in bf16 as in fp32 on this {_device_words(device)}",
-                           seconds)
+    return PrecisionChoice(
+        faster, f"{what} measured {ratio:.2f}x as fast in bf16 as in fp32 on this {_device_words(device)}", seconds
+    )
+
 
 def _explicit(requested: str, device: torch.device) -> PrecisionChoice:
     "An explicit precision, with a warning where it is the slow choice on a CPU."
     if device.type == "cpu" and requested == "fp16":
-        warnings.warn("fp16 autocast on a CPU is very slow (about 50x for the encoder): use auto or bf16", SlowPrecisionWarning)
+        warnings.warn(
+            "fp16 autocast on a CPU is very slow (about 50x for the encoder): use auto or bf16", SlowPrecisionWarning
+        )
     if device.type == "cpu" and requested == "bf16" and not native_bf16(device):
-        warnings.warn(f"bf16 on this {_device_words(device)} measured {bf16_slowdown(device):.1f}x slower "
-                      "than fp32 on a short workload: use precision auto or fp32", SlowPrecisionWarning)
+        warnings.warn(
+            f"bf16 on this {_device_words(device)} measured {bf16_slowdown(device):.1f}x slower "
+            "than fp32 on a short workload: use precision auto or fp32",
+            SlowPrecisionWarning,
+        )
     return PrecisionChoice(requested, "as configured")
 
 # %% ../nbs/01_machine.ipynb #408392b5
 def live_progress() -> bool:
     "Whether progress bars can be shown live: in a notebook, or on a terminal."
     from fastprogress.fastprogress import IN_NOTEBOOK
+
     return bool(IN_NOTEBOOK) or bool(getattr(sys.stdout, "isatty", lambda: False)())

@@ -16,7 +16,7 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
 from .boxes import box_area, check_box_pair, convert_boxes, elementwise_iou, noisy_boxes
-from .data import ImageBoxes, NoiseConfig
+from .data import NoiseConfig
 from .encoder import box_masks
 from .loss import box_loss
 
@@ -28,13 +28,17 @@ __all__ = ['IOU_THRESHOLDS', 'SMALL_AREA', 'LARGE_AREA', 'METRIC_KEYS', 'TABLE_C
 # %% ../nbs/07_metrics.ipynb #123c4eed
 IOU_THRESHOLDS = (0.5, 0.75, 0.9)
 
+
 def iou_summary(
     iou: Tensor,  # IoU of each (predicted, true) pair, (N,)
 ) -> dict:  # mean_iou, median_iou and iou_ge_t for each of `IOU_THRESHOLDS`
     "Mean, median and the share of pairs at or above each IoU threshold."
     iou = iou.double()
-    return {"mean_iou": iou.mean().item(), "median_iou": iou.quantile(0.5).item(),
-            **{f"iou_ge_{t}": (iou >= t).double().mean().item() for t in IOU_THRESHOLDS}}
+    return {
+        "mean_iou": iou.mean().item(),
+        "median_iou": iou.quantile(0.5).item(),
+        **{f"iou_ge_{t}": (iou >= t).double().mean().item() for t in IOU_THRESHOLDS},
+    }
 
 # %% ../nbs/07_metrics.ipynb #382cd83e
 def edge_errors(
@@ -48,7 +52,8 @@ def edge_errors(
     return {"edge_px": err.mean().item(), "edge_frac": (err / torch.cat([wh, wh], 1)).mean().item()}
 
 # %% ../nbs/07_metrics.ipynb #858988f0
-SMALL_AREA, LARGE_AREA = 32 ** 2, 96 ** 2
+SMALL_AREA, LARGE_AREA = 32**2, 96**2
+
 
 def size_buckets(
     true: Tensor,  # True xyxy boxes, (N, 4)
@@ -61,7 +66,12 @@ def size_buckets(
 # %% ../nbs/07_metrics.ipynb #de1d781d
 def _pair_stats(pred: Tensor, true: Tensor) -> dict:
     "Count, IoU summary and edge errors of a set of pairs."
-    return {"n_boxes": len(true), **iou_summary(elementwise_iou(pred.double(), true.double())), **edge_errors(pred, true)}
+    return {
+        "n_boxes": len(true),
+        **iou_summary(elementwise_iou(pred.double(), true.double())),
+        **edge_errors(pred, true),
+    }
+
 
 def box_metrics(
     pred: Tensor,  # Predicted xyxy boxes, (N, 4), paired with `true`
@@ -69,8 +79,11 @@ def box_metrics(
 ) -> dict:  # n_boxes, the IoU summary, edge errors, and the same per size bucket under by_size
     "Per-pair measures of predicted against true boxes, overall and by COCO size bucket."
     check_box_pair(pred, true, ("pred", "true"))
-    if not len(true): raise ValueError("no boxes to measure")
-    by_size = {name: _pair_stats(pred[m], true[m]) if m.any() else {"n_boxes": 0} for name, m in size_buckets(true).items()}
+    if not len(true):
+        raise ValueError("no boxes to measure")
+    by_size = {
+        name: _pair_stats(pred[m], true[m]) if m.any() else {"n_boxes": 0} for name, m in size_buckets(true).items()
+    }
     return {**_pair_stats(pred, true), "by_size": by_size}
 
 # %% ../nbs/07_metrics.ipynb #660c588a
@@ -80,23 +93,31 @@ def _coco_annotations(records: list, boxes: list, scores: list | None = None) ->
     for i, (r, b) in enumerate(zip(records, boxes)):
         xywh = convert_boxes(b.double(), "xyxy", "xywh").tolist()
         extra = [{"score": float(s)} for s in scores[i].tolist()] if scores is not None else [{}] * len(xywh)
-        anns += [{"image_id": r.id, "category_id": int(c), "bbox": bb, "area": bb[2] * bb[3], "iscrowd": 0, **e}
-                 for bb, c, e in zip(xywh, r.category_ids.tolist(), extra)]
+        anns += [
+            {"image_id": r.id, "category_id": int(c), "bbox": bb, "area": bb[2] * bb[3], "iscrowd": 0, **e}
+            for bb, c, e in zip(xywh, r.category_ids.tolist(), extra)
+        ]
     return [{"id": k + 1, **a} for k, a in enumerate(anns)]
+
 
 def _coco_ground_truth(records: list) -> COCO:
     "A pycocotools `COCO` object of the records' images and true boxes, built in memory."
     anns = _coco_annotations(records, [r.boxes for r in records])
     gt = COCO()
-    gt.dataset = {"images": [{"id": r.id, "height": r.image_hw[0], "width": r.image_hw[1]} for r in records],
-                  "annotations": anns, "categories": [{"id": c} for c in sorted({a["category_id"] for a in anns})]}
+    gt.dataset = {
+        "images": [{"id": r.id, "height": r.image_hw[0], "width": r.image_hw[1]} for r in records],
+        "annotations": anns,
+        "categories": [{"id": c} for c in sorted({a["category_id"] for a in anns})],
+    }
     gt.createIndex()
     return gt
 
+
 def _average_precision(E: COCOeval, iou: float | None = None) -> float:
-    "AP over all areas at the largest detection limit, at one IoU threshold or averaged over all, as COCO's summary computes it."
+    "AP over all areas at the largest detection limit, at one IoU threshold or averaged, as COCO's summary computes it."
     p = E.eval["precision"]  # (IoU thresholds, recall levels, categories, area ranges, detection limits)
-    if iou is not None: p = p[np.isclose(E.params.iouThrs, iou)]
+    if iou is not None:
+        p = p[np.isclose(E.params.iouThrs, iou)]
     p = p[..., 0, -1]
     return float(p[p > -1].mean()) if (p > -1).any() else math.nan
 
@@ -106,23 +127,30 @@ def coco_ap(
     pred: list,  # Per record, the predicted xyxy boxes paired with its true boxes, (N_i, 4)
     scores: list | None = None,  # Per record, the boxes' scores (N_i,); None: 1.0 for every box
 ) -> dict:  # ap, ap50, ap75
-    "COCO AP, AP50 and AP75 of predicted boxes against the true boxes, by pycocotools; each box keeps its true box's class."
-    if scores is None: scores = [torch.ones(len(p)) for p in pred]
+    "COCO AP, AP50 and AP75 of predicted boxes against the true ones, by pycocotools; each box keeps its true class."
+    if scores is None:
+        scores = [torch.ones(len(p)) for p in pred]
     with contextlib.redirect_stdout(io.StringIO()):
         gt = _coco_ground_truth(records)
         E = COCOeval(gt, gt.loadRes(_coco_annotations(records, pred, scores)), "bbox")
         E.params.maxDets = [1, 10, max(100, *(len(r.boxes) for r in records))]
-        E.evaluate(); E.accumulate()
+        E.evaluate()
+        E.accumulate()
     return {"ap": _average_precision(E), "ap50": _average_precision(E, 0.5), "ap75": _average_precision(E, 0.75)}
 
 # %% ../nbs/07_metrics.ipynb #19ed6822
 METRIC_KEYS = ("mean_iou", "median_iou", "iou_ge_0.5", "iou_ge_0.75", "iou_ge_0.9", "ap", "ap50", "ap75")
 
+
 def _check_pairs(records: list, pred: list) -> None:
     "Raise unless `pred` holds one box set per record, paired box for box with its true boxes."
-    if not records: raise ValueError("no images to evaluate")
-    if len(pred) != len(records): raise ValueError(f"pred holds boxes for {len(pred)} images but there are {len(records)} records")
-    for r, p in zip(records, pred): check_box_pair(p, r.boxes, (f"pred of image {r.id}", f"true boxes of image {r.id}"))
+    if not records:
+        raise ValueError("no images to evaluate")
+    if len(pred) != len(records):
+        raise ValueError(f"pred holds boxes for {len(pred)} images but there are {len(records)} records")
+    for r, p in zip(records, pred):
+        check_box_pair(p, r.boxes, (f"pred of image {r.id}", f"true boxes of image {r.id}"))
+
 
 def evaluate_boxes(
     records: list,  # `ImageBoxes` with the true boxes
@@ -143,8 +171,18 @@ def noisy_baseline(
     return evaluate_boxes(records, [noise.noisy(r) for r in records])
 
 # %% ../nbs/07_metrics.ipynb #f8c17804
-TABLE_COLUMNS = {"mean_iou": "mean IoU", "median_iou": "median IoU", "iou_ge_0.5": "IoU ≥ 0.5", "iou_ge_0.75": "IoU ≥ 0.75",
-                 "iou_ge_0.9": "IoU ≥ 0.9", "ap": "AP", "ap50": "AP50", "ap75": "AP75", "edge_px": "edge error (px)"}
+TABLE_COLUMNS = {
+    "mean_iou": "mean IoU",
+    "median_iou": "median IoU",
+    "iou_ge_0.5": "IoU ≥ 0.5",
+    "iou_ge_0.75": "IoU ≥ 0.75",
+    "iou_ge_0.9": "IoU ≥ 0.9",
+    "ap": "AP",
+    "ap50": "AP50",
+    "ap75": "AP75",
+    "edge_px": "edge error (px)",
+}
+
 
 def metrics_table(
     rows: dict,  # Row label -> metrics dict
@@ -153,7 +191,9 @@ def metrics_table(
 ) -> str:  # A Markdown table, 3 decimals
     "Metrics dicts as a Markdown table."
     head = f"| {label} | " + " | ".join(columns.values()) + " |\n|" + "---|" * (len(columns) + 1)
-    return "\n".join([head] + [f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in columns) + " |" for name, m in rows.items()])
+    return "\n".join(
+        [head] + [f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in columns) + " |" for name, m in rows.items()]
+    )
 
 # %% ../nbs/07_metrics.ipynb #a88d9b0e
 def noise_table(
@@ -168,10 +208,20 @@ def noise_table(
     for level in levels:
         noisy = torch.cat([noisy_boxes(r.boxes, r.image_hw, level, seed, r.id) for r in records])
         iou, loss = elementwise_iou(noisy, true), box_loss(noisy, true, hw)
-        rows.append({"r": level, "boxes": len(true), "mean_iou": iou.mean().item(), "iou_ge_0.75": (iou >= 0.75).float().mean().item(),
-                     "l1": loss.l1.item(), "giou": loss.giou.item(), "loss": loss.total.item(),
-                     "pixel_l1": (noisy - true).abs().sum(1).mean().item()})
+        rows.append(
+            {
+                "r": level,
+                "boxes": len(true),
+                "mean_iou": iou.mean().item(),
+                "iou_ge_0.75": (iou >= 0.75).float().mean().item(),
+                "l1": loss.l1.item(),
+                "giou": loss.giou.item(),
+                "loss": loss.total.item(),
+                "pixel_l1": (noisy - true).abs().sum(1).mean().item(),
+            }
+        )
     return rows
+
 
 def format_table(rows: list[dict]) -> str:
     "Rows of dicts as an aligned text table."
@@ -189,13 +239,20 @@ def change_shares(
     "The shares of boxes a method improved, left unchanged and made worse (and worse by more than 0.05 IoU)."
     d = after.double() - before.double()
     share = lambda m: m.double().mean().item() if len(d) else math.nan
-    return {"improved": share(d > tol), "unchanged": share(d.abs() <= tol), "worse": share(d < -tol),
-            "worse_by_0.05": share(d < -0.05)}
+    return {
+        "improved": share(d > tol),
+        "unchanged": share(d.abs() <= tol),
+        "worse": share(d < -tol),
+        "worse_by_0.05": share(d < -0.05),
+    }
+
 
 def change_line(shares: dict) -> str:
     "The shares as one line of text."
-    return (f"{shares['improved']:.0%} of boxes improved, {shares['unchanged']:.0%} unchanged, {shares['worse']:.0%} worse "
-            f"({shares['worse_by_0.05']:.1%} worse by more than 0.05 IoU)")
+    return (
+        f"{shares['improved']:.0%} of boxes improved, {shares['unchanged']:.0%} unchanged, {shares['worse']:.0%} worse "
+        f"({shares['worse_by_0.05']:.1%} worse by more than 0.05 IoU)"
+    )
 
 # %% ../nbs/07_metrics.ipynb #8e413c9e
 def mask_tight_boxes(
@@ -218,6 +275,7 @@ def sam_boxes(
     logits, iou = box_masks(cache.encoder.sam, cache.get(record.path), prompts)
     boxes, empty = mask_tight_boxes(logits > 0)
     return torch.where(empty[:, None], prompts.float(), boxes), iou.float(), empty
+
 
 def sam_baseline(
     records: list,  # `ImageBoxes` with the true boxes

@@ -22,14 +22,18 @@ def prior_path() -> Path:
     "Where the shipped prior lies in the installed package."
     return Path(str(files("boxrefine"))) / "weights" / "prior.safetensors"
 
+
 def prior_info(path=None) -> dict:
     "The prior's metadata: model settings, gate margin, what it was trained on and how."
-    with safe_open(str(path or prior_path()), "pt") as f: return json.loads(f.metadata()["boxrefine"])
+    with safe_open(str(path or prior_path()), "pt") as f:
+        return json.loads(f.metadata()["boxrefine"])
+
 
 def load_prior(path=None) -> BoxRefiner:
     "The shipped prior (or another refiner file made the same way), on the CPU."
     path = Path(path or prior_path())
-    if not path.is_file(): raise FileNotFoundError(f"the shipped prior is missing at {path}: reinstall boxrefine, or pass --run")
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped prior is missing at {path}: reinstall boxrefine, or pass --run")
     refiner = BoxRefiner.load(path)
     refiner.about = f"the shipped prior ({prior_info(path)['trained_on']})" if path == prior_path() else str(path)
     return refiner
@@ -39,18 +43,22 @@ def _differences(a: BoxRefinerNet, b: BoxRefinerNet) -> list:
     "The model settings in which two networks differ (interm channels only where read)."
     ca, cb = asdict(a.config), asdict(b.config)
     keys = [k for k in ca if ca[k] != cb[k] and k != "quality_weight"]
-    if "interm" in a.config.sam and a.interm_channels != b.interm_channels: keys.append("interm_channels")
+    if "interm" in a.config.sam and a.interm_channels != b.interm_channels:
+        keys.append("interm_channels")
     return keys
+
 
 def initial_refiner(
     init: str,  # "prior", "scratch", or the path of a refiner (.safetensors, run folder or checkpoint)
     net: BoxRefinerNet,  # The run's network, for its settings
 ) -> tuple:  # (the refiner to start from or None, one line saying what the run starts from)
     "The refiner whose weights a training run starts from."
-    if init == "scratch": return None, "starting from random weights (training.init: scratch)"
+    if init == "scratch":
+        return None, "starting from random weights (training.init: scratch)"
     start = load_prior() if init == "prior" else BoxRefiner.load(init)
     differs = _differences(net, start.net)
     if differs and init == "prior":
         return None, f"starting from random weights: the shipped prior does not fit model settings {differs}"
-    if differs: raise ValueError(f"training init {init}: its model settings differ from this run's in {differs}")
+    if differs:
+        raise ValueError(f"training init {init}: its model settings differ from this run's in {differs}")
     return start, f"starting from {start.about}"

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import math
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,13 +34,15 @@ __all__ = ['SAM_INPUTS', 'PIXEL_MEAN', 'PIXEL_STD', 'REQUIRED_STATE', 'RefinerCo
 # %% ../nbs/05_refiner.ipynb #53994633
 SAM_INPUTS = ("off", "embedding", "embedding+interm", "auto")
 
+
 @dataclass(frozen=True)
 class RefinerConfig:
     "The refiner's inputs and size."
+
     crop: bool = True  # Use an RGB crop of the context window
     crop_size: int = 64  # Side of that crop, in pixels
     crop_width: int = 32  # Channels of the crop CNN's first layer (then 2x, 4x, 4x)
-    sam: str = "auto"  # SAM features: "off", "embedding", "embedding+interm", or "auto" (embedding+interm with a checkpoint, off with random weights)
+    sam: str = "auto"  # SAM features: "off", "embedding", "embedding+interm", "auto" (all with a checkpoint, else off)
     roi_size: int = 7  # Side of the RoI-aligned grid over the SAM features
     context: float = 1.5  # Context window: the box scaled by this around its centre
     iterations: int = 2  # Refinement passes, trained jointly
@@ -49,18 +50,26 @@ class RefinerConfig:
     quality_weight: float = 1.0  # Weight of the quality (predicted IoU) loss
 
     def __post_init__(self):
-        if self.sam not in SAM_INPUTS: raise ValueError(f"model sam must be one of {SAM_INPUTS}, got {self.sam!r}")
-        if not (self.crop or self.sam != "off"): raise ValueError("model needs at least one input: crop or sam")
-        if self.iterations < 1: raise ValueError(f"model iterations must be >= 1, got {self.iterations}")
-        if self.context < 1: raise ValueError(f"model context must be >= 1, got {self.context}")
-        if self.crop_size < 16 or self.crop_size % 16: raise ValueError(f"model crop_size must be a positive multiple of 16, got {self.crop_size}")
+        if self.sam not in SAM_INPUTS:
+            raise ValueError(f"model sam must be one of {SAM_INPUTS}, got {self.sam!r}")
+        if not (self.crop or self.sam != "off"):
+            raise ValueError("model needs at least one input: crop or sam")
+        if self.iterations < 1:
+            raise ValueError(f"model iterations must be >= 1, got {self.iterations}")
+        if self.context < 1:
+            raise ValueError(f"model context must be >= 1, got {self.context}")
+        if self.crop_size < 16 or self.crop_size % 16:
+            raise ValueError(f"model crop_size must be a positive multiple of 16, got {self.crop_size}")
         for name in ("hidden", "roi_size", "crop_width"):
-            if getattr(self, name) < 1: raise ValueError(f"model {name} must be >= 1, got {getattr(self, name)}")
-        if not self.quality_weight >= 0: raise ValueError(f"model quality_weight must be >= 0, got {self.quality_weight}")
+            if getattr(self, name) < 1:
+                raise ValueError(f"model {name} must be >= 1, got {getattr(self, name)}")
+        if not self.quality_weight >= 0:
+            raise ValueError(f"model quality_weight must be >= 0, got {self.quality_weight}")
 
     def resolved(self, random_weights: bool) -> "RefinerConfig":
         "This config with `sam='auto'` decided: SAM features only when they come from real weights."
-        if self.sam != "auto": return self
+        if self.sam != "auto":
+            return self
         return RefinerConfig(**{**self.__dict__, "sam": "off" if random_weights else "embedding+interm"})
 
 # %% ../nbs/05_refiner.ipynb #7b779bb4
@@ -69,8 +78,9 @@ def context_boxes(boxes: Tensor, scale: float) -> Tensor:
     c, half = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) * scale / 2
     return torch.cat([c - half, c + half], 1)
 
+
 def apply_deltas(boxes: Tensor, deltas: Tensor, image_hw: Tensor, min_size: float = 1.0) -> Tensor:
-    "Move each edge by its delta times the box's width (x) or height (y); sort, clip to the image, keep at least `min_size` inside it (NaN stays NaN)."
+    "Move each edge by its delta times the box's width or height; sort, clip, keep `min_size` in the image (NaN stays)."
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=min_size).repeat(1, 2)
     moved = boxes + deltas * wh
     size = image_hw.flip(-1).expand(len(boxes), 2)
@@ -82,38 +92,59 @@ def apply_deltas(boxes: Tensor, deltas: Tensor, image_hw: Tensor, min_size: floa
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
+
 def _conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.GroupNorm(8, cout), nn.ReLU(inplace=True))
 
+
 class CropEncoder(nn.Module):
     "A small CNN over the RGB crop of each box's context window: four stride-2 convolutions, then a linear layer."
+
     def __init__(self, size: int, out: int, width: int = 32):
         super().__init__()
         w = width
-        self.net = nn.Sequential(_conv(3, w), _conv(w, 2 * w), _conv(2 * w, 4 * w), _conv(4 * w, 4 * w), nn.Flatten(),
-                                 nn.Linear(4 * w * (size // 16) ** 2, out), nn.ReLU(inplace=True))
-    def forward(self, crops: Tensor) -> Tensor: return self.net(crops)
+        self.net = nn.Sequential(
+            _conv(3, w),
+            _conv(w, 2 * w),
+            _conv(2 * w, 4 * w),
+            _conv(4 * w, 4 * w),
+            nn.Flatten(),
+            nn.Linear(4 * w * (size // 16) ** 2, out),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, crops: Tensor) -> Tensor:
+        return self.net(crops)
+
 
 def image_crops(images, windows: Tensor, image_index: Tensor, size: int) -> Tensor:
     "RoI-aligned `size`x`size` RGB crops of `windows` (xyxy pixels) from each box's image, normalised like SAM's input."
     crops = windows.new_zeros(len(windows), 3, size, size)
     for i, image in enumerate(images):
         sel = (image_index == i).nonzero()[:, 0]
-        if len(sel): crops[sel] = roi_align(image.permute(2, 0, 1)[None].to(windows.dtype), [windows[sel]], size, 1.0, 2, aligned=True)
-    mean, std = (torch.tensor(v, dtype=crops.dtype, device=crops.device).view(1, 3, 1, 1) for v in (PIXEL_MEAN, PIXEL_STD))
+        if len(sel):
+            crops[sel] = roi_align(
+                image.permute(2, 0, 1)[None].to(windows.dtype), [windows[sel]], size, 1.0, 2, aligned=True
+            )
+    mean, std = (
+        torch.tensor(v, dtype=crops.dtype, device=crops.device).view(1, 3, 1, 1) for v in (PIXEL_MEAN, PIXEL_STD)
+    )
     return (crops - mean) / std
 
 # %% ../nbs/05_refiner.ipynb #cfc32e6a
 class FeatureRoI(nn.Module):
     "RoI-aligned features of a stride-16 SAM feature map in each box's window, reduced and flattened."
+
     def __init__(self, channels: int, roi: int, out: int):
         super().__init__()
         self.roi = roi
         self.reduce = nn.Sequential(nn.Conv2d(channels, 64, 1, bias=False), nn.GroupNorm(8, 64), nn.ReLU(inplace=True))
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(64 * roi * roi, out), nn.ReLU(inplace=True))
+
     def forward(self, fmap: Tensor, windows: Tensor) -> Tensor:
         "fmap (B, C, 64, 64); windows (N, 5): image index, then xyxy in feature-map cells."
         return self.fc(self.reduce(roi_align(fmap, windows.to(fmap.dtype), self.roi, 1.0, 2, aligned=True)))
+
 
 def feature_windows(windows: Tensor, image_index: Tensor, original_hw: Tensor, input_hw: Tensor) -> Tensor:
     "Windows from original pixels to SAM's 64x64 feature cells (the 1024 frame over 16), with their image index."
@@ -132,8 +163,10 @@ def box_geometry(boxes: Tensor, image_hw: Tensor) -> Tensor:
 class NonFiniteOutput(FloatingPointError):
     "The refiner produced a NaN or infinite box (diverged weights): stopped before it reaches `roi_align`."
 
+
 class BoxRefinerNet(nn.Module):
     "Refined boxes and predicted IoU from image crops and/or SAM features around each noisy box."
+
     def __init__(self, config: RefinerConfig, interm_channels: int = 160):
         super().__init__()
         self.config, self.interm_channels, h = config, interm_channels, config.hidden
@@ -142,9 +175,12 @@ class BoxRefinerNet(nn.Module):
         self.interm_net = FeatureRoI(interm_channels, config.roi_size, h) if "interm" in config.sam else None
         branches = sum(m is not None for m in (self.crop_net, self.embedding_net, self.interm_net))
         self.geometry = nn.Sequential(nn.Linear(6, 64), nn.ReLU(inplace=True))
-        self.trunk = nn.Sequential(nn.Linear(branches * h + 64, h), nn.ReLU(inplace=True), nn.Linear(h, h), nn.ReLU(inplace=True))
+        self.trunk = nn.Sequential(
+            nn.Linear(branches * h + 64, h), nn.ReLU(inplace=True), nn.Linear(h, h), nn.ReLU(inplace=True)
+        )
         self.deltas, self.quality, self.input_quality = nn.Linear(h, 4), nn.Linear(h, 1), nn.Linear(h, 1)
-        nn.init.zeros_(self.deltas.weight); nn.init.zeros_(self.deltas.bias)  # starts as the identity: no box moves
+        nn.init.zeros_(self.deltas.weight)
+        nn.init.zeros_(self.deltas.bias)  # starts as the identity: no box moves
 
     def features(self, batch: dict, boxes: Tensor) -> Tensor:
         "The head's input for `boxes`: every enabled branch, and the box geometry."
@@ -152,20 +188,24 @@ class BoxRefinerNet(nn.Module):
         windows = context_boxes(boxes, self.config.context)
         parts = [self.geometry(box_geometry(boxes, hw[idx]))]
         feats = batch["features"]
-        if self.crop_net is not None: parts.append(self.crop_net(image_crops(feats["image"], windows, idx, self.config.crop_size)))
+        if self.crop_net is not None:
+            parts.append(self.crop_net(image_crops(feats["image"], windows, idx, self.config.crop_size)))
         if self.embedding_net is not None or self.interm_net is not None:
             cells = feature_windows(windows, idx, hw, feats["input_hw"])
-            if self.embedding_net is not None: parts.append(self.embedding_net(feats["image_embedding"], cells))
-            if self.interm_net is not None: parts.append(self.interm_net(feats["interm_embedding"].permute(0, 3, 1, 2), cells))
+            if self.embedding_net is not None:
+                parts.append(self.embedding_net(feats["image_embedding"], cells))
+            if self.interm_net is not None:
+                parts.append(self.interm_net(feats["interm_embedding"].permute(0, 3, 1, 2), cells))
         return torch.cat(parts, 1)
 
     def forward(self, batch: dict) -> dict:
-        "boxes after each pass (the last is the answer); quality, input_quality: IoU logits of the last and the input box."
+        "boxes after each pass (the last is the answer); quality, input_quality: IoU logits of the last and input box."
         boxes, passes = batch["noisy"], []
         hw = batch["image_hw"][batch["image_index"]]
         for _ in range(self.config.iterations):
             x = self.trunk(self.features(batch, boxes.detach()))
-            if not passes: input_quality = self.input_quality(x).float()[:, 0]  # judged from the input box's own window
+            if not passes:
+                input_quality = self.input_quality(x).float()[:, 0]  # judged from the input box's own window
             boxes = apply_deltas(boxes.detach(), self.deltas(x).float(), hw)
             if not torch.isfinite(boxes).all():
                 raise NonFiniteOutput(f"non-finite prediction in refinement pass {len(passes) + 1}")
@@ -175,17 +215,22 @@ class BoxRefinerNet(nn.Module):
 # %% ../nbs/05_refiner.ipynb #2b18ed2e
 class RefinerLoss(NamedTuple):
     "The refiner's loss and its parts (each a scalar fp32 tensor)."
+
     total: Tensor  # mean over passes of box_loss, plus quality_weight x (quality + input_quality)
     l1: Tensor  # L1 part of the last pass
     giou: Tensor  # GIoU part of the last pass
     quality: Tensor  # BCE of the predicted IoU against the last pass's true IoU
     input_quality: Tensor  # BCE of the input box's predicted IoU against its true IoU
 
+
 def _quality_loss(logits: Tensor, boxes: Tensor, true: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, elementwise_iou(boxes.detach(), true).clamp(0, 1))
 
-def refiner_loss(preds: dict, batch: dict, loss_config: LossConfig = LossConfig(), quality_weight: float = 1.0) -> RefinerLoss:
-    "Box loss of every pass (averaged), plus the quality losses: how well the model judges its own box and the input box."
+
+def refiner_loss(
+    preds: dict, batch: dict, loss_config: LossConfig = LossConfig(), quality_weight: float = 1.0
+) -> RefinerLoss:
+    "Box loss of every pass (averaged), plus the quality losses: how well the model judges its own and the input box."
     hw = batch["image_hw"][batch["image_index"]]
     parts = [box_loss(b, batch["boxes"], hw, loss_config) for b in preds["boxes"]]
     quality = _quality_loss(preds["quality"], preds["boxes"][-1], batch["boxes"])
@@ -197,7 +242,9 @@ def refiner_loss(preds: dict, batch: dict, loss_config: LossConfig = LossConfig(
 class EncoderMismatch(ValueError):
     "A refiner asked to use features of an encoder other than the one it was trained with."
 
+
 REQUIRED_STATE = ("model_config", "encoder_config", "encoder_fingerprint", "interm_channels")
+
 
 def read_safetensors_refiner(path) -> tuple:
     "(weights, settings) of a refiner saved by `BoxRefiner.save`: tensors and JSON only, nothing is unpickled."
@@ -205,12 +252,15 @@ def read_safetensors_refiner(path) -> tuple:
         with safe_open(str(path), "pt") as f:
             meta, state = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
         extra = json.loads(meta["boxrefine"])
-    except FileNotFoundError: raise FileNotFoundError(f"no refiner at {path}") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no refiner at {path}") from None
     except (KeyError, ValueError, OSError, SafetensorError) as e:
         raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner: {type(e).__name__}: {e}") from None
     missing = [k for k in REQUIRED_STATE if k not in extra]
-    if missing: raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner: its metadata lacks {missing}")
+    if missing:
+        raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner: its metadata lacks {missing}")
     return state, extra
+
 
 def read_refiner_checkpoint(path) -> dict:
     "A refiner checkpoint (from a run folder's best.pt, or a file), checked for what `BoxRefiner` needs."
@@ -219,8 +269,15 @@ def read_refiner_checkpoint(path) -> dict:
 # %% ../nbs/05_refiner.ipynb #9b638ef9
 class BoxRefiner:
     "A trained refiner with the settings of the encoder whose features it was trained on."
-    def __init__(self, net: BoxRefinerNet, encoder_config: EncoderConfig, fingerprint: str | None, min_gain: float = 0.0,
-                 about: str = ""):
+
+    def __init__(
+        self,
+        net: BoxRefinerNet,
+        encoder_config: EncoderConfig,
+        fingerprint: str | None,
+        min_gain: float = 0.0,
+        about: str = "",
+    ):
         self.net, self.encoder_config, self.fingerprint, self._encoder = net.eval(), encoder_config, fingerprint, None
         self.min_gain = min_gain  # Keep the input box unless refining it is predicted to gain at least this much IoU
         self.about = about  # Where the weights come from, said to the user
@@ -229,11 +286,20 @@ class BoxRefiner:
     def from_state(cls, state: dict, extra: dict, about: str) -> "BoxRefiner":
         "A refiner from its weights and `extra_state`; a mismatch of weights and settings is `NotARefinerCheckpoint`."
         net = BoxRefinerNet(RefinerConfig(**extra["model_config"]), extra["interm_channels"])
-        try: net.load_state_dict(state)
+        try:
+            net.load_state_dict(state)
         except RuntimeError as e:
             first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-            raise NotARefinerCheckpoint(f"{about}: its weights do not fit this version's refiner ({first}): retrain") from None
-        return cls(net, EncoderConfig(**extra["encoder_config"]), extra["encoder_fingerprint"], extra.get("min_gain", 0.0), about)
+            raise NotARefinerCheckpoint(
+                f"{about}: its weights do not fit this version's refiner ({first}): retrain"
+            ) from None
+        return cls(
+            net,
+            EncoderConfig(**extra["encoder_config"]),
+            extra["encoder_fingerprint"],
+            extra.get("min_gain", 0.0),
+            about,
+        )
 
     @classmethod
     def load(cls, path) -> "BoxRefiner":
@@ -247,22 +313,30 @@ class BoxRefiner:
 
     def extra_state(self) -> dict:
         "What a checkpoint must hold besides the weights to rebuild this refiner."
-        return {"model_config": asdict(self.net.config), "encoder_config": asdict(self.encoder_config),
-                "encoder_fingerprint": self.fingerprint, "interm_channels": self.net.interm_channels}
+        return {
+            "model_config": asdict(self.net.config),
+            "encoder_config": asdict(self.encoder_config),
+            "encoder_fingerprint": self.fingerprint,
+            "interm_channels": self.net.interm_channels,
+        }
 
     def save(self, path, **info) -> None:
         "Save the weights and settings only (no optimizer, no pickle) as safetensors; `info`: more JSON-ready metadata."
         meta = {**self.extra_state(), "min_gain": self.min_gain, **info}
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(path),
-                  metadata={"boxrefine": json.dumps(meta)})
-
+        save_file(
+            {k: v.contiguous() for k, v in self.net.state_dict().items()},
+            str(path),
+            metadata={"boxrefine": json.dumps(meta)},
+        )
 
     def check_encoder(self, fingerprint: str, where: str) -> None:
-        "Refuse features from an encoder other than the training one (a refiner that reads no SAM features accepts any)."
+        "Refuse features from an encoder other than the training one (a refiner reading no SAM features accepts any)."
         if self.net.config.sam != "off" and fingerprint != self.fingerprint:
-            raise EncoderMismatch(f"this refiner was trained on features of encoder {self.fingerprint}, but {where} has {fingerprint}: "
-                                  f"use the training encoder ({self.encoder_config.model_type}, checkpoint {self.encoder_config.checkpoint}, "
-                                  f"seed {self.encoder_config.seed}) or retrain")
+            raise EncoderMismatch(
+                f"this refiner was trained on features of encoder {self.fingerprint}, but {where} has {fingerprint}: "
+                f"use the training encoder ({self.encoder_config.model_type}, "
+                f"checkpoint {self.encoder_config.checkpoint}, seed {self.encoder_config.seed}) or retrain"
+            )
 
 # %% ../nbs/05_refiner.ipynb #bbd6497a
 @patch
@@ -274,30 +348,39 @@ def training_encoder(self: BoxRefiner) -> Encoder:
         self._encoder = encoder
     return self._encoder
 
+
 def image_inputs(
     rgb: np.ndarray,  # (H, W, 3) uint8 image
     sam_features: dict | None = None,  # Its features from the cache or the encoder, when the refiner reads them
 ) -> dict:  # image, input_hw and, with SAM features, image_embedding and interm_embedding
     "The refiner's inputs for one image: its pixels, its size in SAM's 1024 frame, and SAM's features."
-    feats = {"image": torch.from_numpy(np.array(rgb, dtype=np.uint8)),
-             "input_hw": torch.tensor(ImageTransform.for_image(rgb.shape[:2]).input_hw, dtype=torch.float32)}
-    if sam_features is not None: feats.update({k: sam_features[k] for k in ("image_embedding", "interm_embedding")})
+    feats = {
+        "image": torch.from_numpy(np.array(rgb, dtype=np.uint8)),
+        "input_hw": torch.tensor(ImageTransform.for_image(rgb.shape[:2]).input_hw, dtype=torch.float32),
+    }
+    if sam_features is not None:
+        feats.update({k: sam_features[k] for k in ("image_embedding", "interm_embedding")})
     return feats
+
 
 @patch
 def image_features(self: BoxRefiner, rgb: np.ndarray, cache=None) -> dict:
     "The network's per-image inputs for one RGB image, batched (a batch of one)."
     sam = None
-    if self.net.config.sam != "off": sam = cache.get(rgb) if cache is not None else self.training_encoder().encode([rgb])[0]
+    if self.net.config.sam != "off":
+        sam = cache.get(rgb) if cache is not None else self.training_encoder().encode([rgb])[0]
     return {k: v[None] for k, v in image_inputs(rgb, sam).items()}
+
 
 class Refinement(NamedTuple):
     "The refiner's answer for N boxes."
+
     boxes: Tensor  # (N, 4) the answer: the refined box where it is predicted to gain enough, else the input box
     quality: Tensor  # (N,) predicted IoU of each answer
     proposed: Tensor  # (N, 4) the refined boxes, before the gate
     input_quality: Tensor  # (N,) predicted IoU of each input box
     moved: Tensor  # (N,) bool: the answer is the refined box
+
 
 def gate_boxes(
     inputs: Tensor,  # (N, 4) input boxes
@@ -308,8 +391,14 @@ def gate_boxes(
 ) -> Refinement:
     "Do no harm: keep each input box unless the refined one is predicted to be better by at least `min_gain`."
     moved = quality - input_quality >= min_gain
-    return Refinement(torch.where(moved[:, None], proposed, inputs), torch.where(moved, quality, input_quality),
-                      proposed, input_quality, moved)
+    return Refinement(
+        torch.where(moved[:, None], proposed, inputs),
+        torch.where(moved, quality, input_quality),
+        proposed,
+        input_quality,
+        moved,
+    )
+
 
 @patch
 @torch.no_grad()
@@ -321,17 +410,33 @@ def refine_boxes(
     min_gain: float | None = None,  # The gate's margin; None: the refiner's own (chosen on validation data)
 ) -> Refinement:  # Tensors, boxes clipped to the image
     "Refine the boxes of one image, with everything the refiner says about each."
-    if cache is not None: self.check_encoder(cache.fingerprint, f"the feature cache at {cache.root}")
+    if cache is not None:
+        self.check_encoder(cache.fingerprint, f"the feature cache at {cache.root}")
     rgb = load_rgb(image)
-    start = torch.as_tensor(np.asarray(boxes, np.float32)) if not isinstance(boxes, Tensor) else boxes.detach().cpu().float()
+    start = (
+        torch.as_tensor(np.asarray(boxes, np.float32))
+        if not isinstance(boxes, Tensor)
+        else boxes.detach().cpu().float()
+    )
     hw = torch.tensor([rgb.shape[:2]], dtype=torch.float32)
     start = clip_boxes(check_boxes(start.reshape(-1, 4), "boxes"), hw[0])
-    if len(start) == 0: return Refinement(start, start.new_zeros(0), start, start.new_zeros(0), torch.zeros(0, dtype=torch.bool))
-    batch = {"features": self.image_features(rgb, cache), "image_hw": hw, "image_index": torch.zeros(len(start), dtype=torch.long),
-             "noisy": start}
+    if len(start) == 0:
+        return Refinement(start, start.new_zeros(0), start, start.new_zeros(0), torch.zeros(0, dtype=torch.bool))
+    batch = {
+        "features": self.image_features(rgb, cache),
+        "image_hw": hw,
+        "image_index": torch.zeros(len(start), dtype=torch.long),
+        "noisy": start,
+    }
     out = self.net(batch)
-    return gate_boxes(start, out["boxes"][-1], torch.sigmoid(out["quality"]), torch.sigmoid(out["input_quality"]),
-                      self.min_gain if min_gain is None else min_gain)
+    return gate_boxes(
+        start,
+        out["boxes"][-1],
+        torch.sigmoid(out["quality"]),
+        torch.sigmoid(out["input_quality"]),
+        self.min_gain if min_gain is None else min_gain,
+    )
+
 
 @patch
 def refine(
@@ -344,4 +449,3 @@ def refine(
     "Refine the boxes of one image: the answer boxes and their predicted IoU."
     out = self.refine_boxes(image, boxes, cache, min_gain)
     return (out.boxes.numpy(), out.quality.numpy()) if not isinstance(boxes, Tensor) else (out.boxes, out.quality)
-

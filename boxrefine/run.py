@@ -40,17 +40,28 @@ def atomic_write(
         Path(tmp).unlink(missing_ok=True)
         raise
     folder = os.open(path.parent, os.O_RDONLY)
-    try: os.fsync(folder)  # the rename itself reaches the disk
-    finally: os.close(folder)
+    try:
+        os.fsync(folder)  # the rename itself reaches the disk
+    finally:
+        os.close(folder)
     return path
 
 # %% ../nbs/01_run.ipynb #c1c5025e
-BEST, LAST, METRICS, CONFIG, CURVES, DATA = "best.pt", "last.pt", "metrics.jsonl", "config.yaml", "curves.png", "data.json"
+BEST, LAST, METRICS, CONFIG, CURVES, DATA = (
+    "best.pt",
+    "last.pt",
+    "metrics.jsonl",
+    "config.yaml",
+    "curves.png",
+    "data.json",
+)
 RUN_FILES = (BEST, LAST, METRICS, CONFIG, CURVES, DATA)
 RUN_MARKER = ".boxrefine-run"  # written first into every run folder: what marks a folder as ours to replace
 
+
 class NotARefinerCheckpoint(ValueError):
     "A file that is not a boxrefine refiner checkpoint."
+
 
 def save_checkpoint(state: dict, path) -> None:
     "`torch.save` of `state` into `path`, atomically."
@@ -58,10 +69,12 @@ def save_checkpoint(state: dict, path) -> None:
     torch.save(state, buffer)
     atomic_write(path, buffer.getvalue())
 
+
 def checkpoint_file(path) -> Path:
     "The checkpoint `path` names: a run folder's best.pt, or the file itself."
     path = Path(path)
     return path / BEST if path.is_dir() else path
+
 
 def read_checkpoint(
     path,  # A checkpoint file, or a run folder (its best.pt)
@@ -69,24 +82,34 @@ def read_checkpoint(
 ) -> dict:  # The checkpoint's dict, on the CPU
     "A checkpoint read without running any pickled code, checked for its weights and `extra_keys`."
     path = checkpoint_file(path)
-    if not path.is_file(): raise FileNotFoundError(f"no refiner checkpoint at {path}")
-    try: ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only
+    if not path.is_file():
+        raise FileNotFoundError(f"no refiner checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only
     except Exception as e:
         first = next((l.strip() for l in str(e).splitlines() if l.strip()), "")
-        raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: {type(e).__name__}: {first[:200]}") from None
+        raise NotARefinerCheckpoint(
+            f"{path} is not a boxrefine refiner checkpoint: {type(e).__name__}: {first[:200]}"
+        ) from None
     if not isinstance(ckpt, dict):
         raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: it holds a {type(ckpt).__name__}")
     missing = [k for k in extra_keys if k not in (ckpt.get("extra_state") or {})] + ["model"] * ("model" not in ckpt)
-    if missing: raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: it lacks {missing}")
+    if missing:
+        raise NotARefinerCheckpoint(f"{path} is not a boxrefine refiner checkpoint: it lacks {missing}")
     return ckpt
+
 
 def rng_states() -> dict:
     "Every random state as tensors and plain lists, which `torch.load(weights_only=True)` reads back."
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     version, state, python_gauss = random.getstate()
-    return {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-            "python": [version, list(state), python_gauss],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": [version, list(state), python_gauss],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
 
 def set_rng_states(states: dict) -> None:
     "Restore what `rng_states` returned."
@@ -95,34 +118,51 @@ def set_rng_states(states: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, state, python_gauss = states["python"]
     random.setstate((version, tuple(state), python_gauss))
-    if states["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(states["cuda"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 # %% ../nbs/01_run.ipynb #23509e68
 class RunExists(FileExistsError):
     "A run folder that already holds a run, without --resume."
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    "Refuse a folder we may not train into: a file, a folder neither empty nor one of our runs, a run without --overwrite."
-    if run_dir.exists() and not run_dir.is_dir(): raise RunExists(f"{run_dir} is a file, not a run folder")
-    if resume:
-        if not (run_dir / LAST).exists(): raise FileNotFoundError(f"cannot resume: no {run_dir / LAST}")
-        return
-    if not run_dir.exists() or not any(run_dir.iterdir()): return
-    if not (run_dir / RUN_MARKER).is_file():
-        raise RunExists(f"{run_dir} is not empty and is not a boxrefine run: train into a new or empty folder (nothing was touched)")
-    if not overwrite:
-        raise RunExists(f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace it, or choose another folder")
 
-def _is_run_file(p: Path) -> bool: return p.name in RUN_FILES or p.name.startswith("monitor-") and p.suffix == ".png"
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    "Refuse a folder we may not train into: a file, a non-empty folder not ours, a run without --overwrite."
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunExists(f"{run_dir} is a file, not a run folder")
+    if resume:
+        if not (run_dir / LAST).exists():
+            raise FileNotFoundError(f"cannot resume: no {run_dir / LAST}")
+        return
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return
+    if not (run_dir / RUN_MARKER).is_file():
+        raise RunExists(
+            f"{run_dir} is not empty and is not a boxrefine run: train into a new or empty folder (nothing was touched)"
+        )
+    if not overwrite:
+        raise RunExists(
+            f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace it, "
+            "or choose another folder"
+        )
+
+
+def _is_run_file(p: Path) -> bool:
+    return p.name in RUN_FILES or p.name.startswith("monitor-") and p.suffix == ".png"
+
 
 def prepare_run_dir(run_dir, resume: bool, overwrite: bool = False) -> Path | None:
-    "The run folder, checked by every process before the first one writes; our files of a replaced run removed, no others."
-    if run_dir is None: return None
+    "The run folder, checked by every process before one writes; our files of a replaced run removed, no others."
+    if run_dir is None:
+        return None
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume, overwrite)
     barrier()
     if world()[0] == 0 and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for f in filter(_is_run_file, run_dir.iterdir()): f.unlink()
-        (run_dir / RUN_MARKER).write_text("a boxrefine training run: `boxrefine train --overwrite` may replace its files\n")
+        for f in filter(_is_run_file, run_dir.iterdir()):
+            f.unlink()
+        (run_dir / RUN_MARKER).write_text(
+            "a boxrefine training run: `boxrefine train --overwrite` may replace its files\n"
+        )
     return run_dir

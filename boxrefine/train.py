@@ -22,16 +22,53 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .boxes import elementwise_iou, stable_int
 from .config import Config, config_dict, from_dict, load_config, resolved_config, save_config
 from .data import NoiseConfig, NoisyBoxDataset, collate_boxes, read_image
-from .distributed import (ShardSampler, from_first, gather_over_ranks, resolve_device, sum_over_ranks, unwrap,
-                                   world)
+from boxrefine.distributed import (
+    ShardSampler,
+    from_first,
+    gather_over_ranks,
+    resolve_device,
+    sum_over_ranks,
+    unwrap,
+    world,
+)
 from .encoder import EncoderConfig
 from .gate import GainCB, best_min_gain, gate_line, gate_summary
-from .learner import (Callback, DeviceCB, EarlyStoppingCB, GradClipCB, Learner, MixedPrecisionCB, NonFiniteLoss,
-                               ProgressCB, SchedulerCB, to_device)
+from boxrefine.learner import (
+    Callback,
+    DeviceCB,
+    EarlyStoppingCB,
+    GradClipCB,
+    Learner,
+    MixedPrecisionCB,
+    NonFiniteLoss,
+    ProgressCB,
+    SchedulerCB,
+    to_device,
+)
 from .machine import PrecisionChoice, autocast_context, choose_precision
 from .prior import initial_refiner
-from .refiner import BoxRefiner, BoxRefinerNet, NonFiniteOutput, RefinerLoss, image_inputs, read_refiner_checkpoint, refiner_loss
-from .run import BEST, CONFIG, CURVES, DATA, LAST, METRICS, atomic_write, prepare_run_dir, rng_states, save_checkpoint, set_rng_states
+from boxrefine.refiner import (
+    BoxRefiner,
+    BoxRefinerNet,
+    NonFiniteOutput,
+    RefinerLoss,
+    image_inputs,
+    read_refiner_checkpoint,
+    refiner_loss,
+)
+from boxrefine.run import (
+    BEST,
+    CONFIG,
+    CURVES,
+    DATA,
+    LAST,
+    METRICS,
+    atomic_write,
+    prepare_run_dir,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
 
 # %% auto #0
 __all__ = ['VAL_SPLITS', 'RefinerLearner', 'choose_training_precision', 'MetricsCB', 'plot_curves', 'epoch_line', 'LogCB',
@@ -41,20 +78,25 @@ __all__ = ['VAL_SPLITS', 'RefinerLearner', 'choose_training_precision', 'Metrics
 
 # %% ../nbs/06_train.ipynb #1efdd65d
 class RefinerLearner(Learner):
-    "A `Learner` for `BoxRefinerNet`: AdamW with the run's settings, `refiner_loss`, and errors that name the batch's images."
+    "A `Learner` for `BoxRefinerNet`: AdamW with the run's settings, `refiner_loss`, errors naming the batch's images."
+
     def __init__(self, model, train_dl, valid_dl, config: Config, cbs=()):
         loss = partial(refiner_loss, loss_config=config.loss, quality_weight=config.model.quality_weight)
         super().__init__(model, train_dl, valid_dl, loss, config.training.lr, config.training.weight_decay, cbs)
         self.run_config = config
 
-    def where(self) -> str: return f"{super().where()}, images {self.batch['image_ids']}"
+    def where(self) -> str:
+        return f"{super().where()}, images {self.batch['image_ids']}"
 
     def predict(self):
-        try: super().predict()
-        except NonFiniteOutput as e: raise NonFiniteLoss(f"{e} {self.where()}") from None
+        try:
+            super().predict()
+        except NonFiniteOutput as e:
+            raise NonFiniteLoss(f"{e} {self.where()}") from None
 
     def get_loss(self):
-        if not torch.isfinite(self.preds["quality"]).all(): raise NonFiniteLoss(f"non-finite predicted quality {self.where()}")
+        if not torch.isfinite(self.preds["quality"]).all():
+            raise NonFiniteLoss(f"non-finite predicted quality {self.where()}")
         self.loss_parts = self.loss_func(self.preds, self.batch)
         self.loss = self.loss_parts.total
         self.check_loss()
@@ -63,56 +105,85 @@ class RefinerLearner(Learner):
 def choose_training_precision(learn: RefinerLearner, requested: str) -> PrecisionChoice:
     "The precision to train `learn` in: `choose_precision`, probed with one real step of its model."
     net = unwrap(learn.model)
+
     @functools.cache
     def first_batch() -> dict:  # read only if a probe runs, without touching the random state
-        with torch.random.fork_rng(devices=[]): return to_device(next(iter(learn.train_dl)), learn.device)
+        with torch.random.fork_rng(devices=[]):
+            return to_device(next(iter(learn.train_dl)), learn.device)
+
     def step(precision: str):
-        with autocast_context(learn.device, precision): preds = net(first_batch())
+        with autocast_context(learn.device, precision):
+            preds = net(first_batch())
         learn.loss_func(preds, first_batch()).total.backward()
         net.zero_grad(set_to_none=True)
+
     probe_id = f"{json.dumps(asdict(net.config), sort_keys=True)}, {learn.train_dl.batch_size} images"
     return from_first(lambda: choose_precision(requested, learn.device, step, "a refiner training step", probe_id))
 
 # %% ../nbs/06_train.ipynb #b5c2779c
 class MetricsCB(Callback):
     "Per epoch: mean training and validation loss, validation IoU of refined and noisy boxes."
+
     order = 20
+
     def before_fit(self, learn):
         learn.history, learn.best = getattr(learn, "history", []), getattr(learn, "best", None)
         learn.step_losses, learn.skipped_steps = getattr(learn, "step_losses", []), getattr(learn, "skipped_steps", 0)
+
     def before_epoch(self, learn):
         self.sums, self.n, self.ious, self.noisy_ious = dict.fromkeys(RefinerLoss._fields, 0.0), 0, [], []
         self.start = time.perf_counter()
-        if learn.training: self.fit_start = self.start
+        if learn.training:
+            self.fit_start = self.start
+
     def after_loss(self, learn):
         n = len(learn.batch["boxes"])
         values = torch.stack(list(learn.loss_parts)).tolist()  # one device sync for all parts
-        for k, v in zip(RefinerLoss._fields, values): self.sums[k] += v * n
+        for k, v in zip(RefinerLoss._fields, values):
+            self.sums[k] += v * n
         self.n += n
-        if learn.training: learn.step_losses.append(values[0])
+        if learn.training:
+            learn.step_losses.append(values[0])
         else:
             self.ious.append(elementwise_iou(learn.preds["boxes"][-1].float(), learn.batch["boxes"]).cpu())
             self.noisy_ious.append(elementwise_iou(learn.batch["noisy"], learn.batch["boxes"]).cpu())
+
     def after_epoch(self, learn):
         self.sums, self.n = sum_over_ranks(self.sums, self.n)
         means = {k: v / max(self.n, 1) for k, v in self.sums.items()}
         if learn.training:
-            self.train = {"epoch": learn.epoch, "train_loss": means.get("total", math.nan), "lr": getattr(learn, "lr", math.nan),
-                          "train_seconds": time.perf_counter() - self.start}
+            self.train = {
+                "epoch": learn.epoch,
+                "train_loss": means.get("total", math.nan),
+                "lr": getattr(learn, "lr", math.nan),
+                "train_seconds": time.perf_counter() - self.start,
+            }
             return
         learn.history.append(self.validation_row(learn, means))
         self.train = {}
         if learn.best is None or learn.history[-1]["val_mean_iou"] > learn.best["val_mean_iou"]:
             learn.best = {"epoch": learn.epoch, "val_mean_iou": learn.history[-1]["val_mean_iou"]}
+
     def validation_row(self, learn, means: dict) -> dict:
         iou, noisy = (gather_over_ranks(torch.cat(v) if v else torch.zeros(0)) for v in (self.ious, self.noisy_ious))
-        row = {**(getattr(self, "train", None) or {"epoch": learn.epoch}), "val_loss": means["total"], "val_l1": means["l1"],
-               "val_giou": means["giou"], "val_quality": means["quality"], "val_mean_iou": iou.mean().item(),
-               "val_iou_ge_0.75": (iou >= 0.75).float().mean().item(), "val_iou_ge_0.9": (iou >= 0.9).float().mean().item(),
-               "noisy_mean_iou": noisy.mean().item(), "val_boxes": len(iou), "skipped_steps": learn.skipped_steps,
-               "step": learn.step_count, "seconds": time.perf_counter() - getattr(self, "fit_start", self.start),
-               "precision": getattr(learn, "precision", None)}
-        if getattr(learn, "cache", None) is not None: row["cache_hit_rate"] = learn.cache.stats.hit_rate
+        row = {
+            **(getattr(self, "train", None) or {"epoch": learn.epoch}),
+            "val_loss": means["total"],
+            "val_l1": means["l1"],
+            "val_giou": means["giou"],
+            "val_quality": means["quality"],
+            "val_mean_iou": iou.mean().item(),
+            "val_iou_ge_0.75": (iou >= 0.75).float().mean().item(),
+            "val_iou_ge_0.9": (iou >= 0.9).float().mean().item(),
+            "noisy_mean_iou": noisy.mean().item(),
+            "val_boxes": len(iou),
+            "skipped_steps": learn.skipped_steps,
+            "step": learn.step_count,
+            "seconds": time.perf_counter() - getattr(self, "fit_start", self.start),
+            "precision": getattr(learn, "precision", None),
+        }
+        if getattr(learn, "cache", None) is not None:
+            row["cache_hit_rate"] = learn.cache.stats.hit_rate
         return row
 
 # %% ../nbs/06_train.ipynb #f08133d3
@@ -124,12 +195,15 @@ def plot_curves(
 ):  # The figure
     "Training and validation loss, and validation mean IoU against the noisy input's, on an axis of epochs."
     import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(1, 2, figsize=(10, 3.2), layout="tight")
+
+    if ax is None:
+        _, ax = plt.subplots(1, 2, figsize=(10, 3.2), layout="tight")
     epochs = [h["epoch"] + 1 for h in history]
     if step_losses:
         steps = np.arange(1, len(step_losses) + 1) / steps_per_epoch
         ax[0].plot(steps, step_losses, lw=0.7, alpha=0.6, label="training loss (step)")
-    else: ax[0].plot(epochs, [h.get("train_loss", math.nan) for h in history], label="training loss")
+    else:
+        ax[0].plot(epochs, [h.get("train_loss", math.nan) for h in history], label="training loss")
     ax[0].plot(epochs, [h["val_loss"] for h in history], "o-", ms=3, label="validation loss")
     ax[1].plot(epochs, [h["val_mean_iou"] for h in history], "o-", ms=3, label="refined")
     ax[1].plot(epochs, [h["noisy_mean_iou"] for h in history], "--", label="noisy input")
@@ -140,24 +214,39 @@ def plot_curves(
         a.legend(fontsize=8)
     return ax[0].figure
 
+
 def epoch_line(h: dict, n_epochs: int) -> str:
     "One history row of a refiner run as one line of text."
     cache = f", cache hits {h['cache_hit_rate']:.0%}" if "cache_hit_rate" in h else ""
-    return (f"epoch {h['epoch'] + 1}/{n_epochs}: train loss {h.get('train_loss', math.nan):.4f}, val loss {h['val_loss']:.4f}, "
-            f"val mean IoU {h['val_mean_iou']:.4f} (noisy {h['noisy_mean_iou']:.4f}){cache}, {h['seconds']:.0f} s")
+    return (
+        f"epoch {h['epoch'] + 1}/{n_epochs}: train loss {h.get('train_loss', math.nan):.4f}, "
+        f"val loss {h['val_loss']:.4f}, "
+        f"val mean IoU {h['val_mean_iou']:.4f} (noisy {h['noisy_mean_iou']:.4f}){cache}, {h['seconds']:.0f} s"
+    )
+
 
 class LogCB(Callback):
     "Append each epoch's metrics to `metrics.jsonl` and redraw `curves.png` in the run folder."
+
     order = 40
-    def __init__(self, run_dir): self.run_dir = Path(run_dir)
+
+    def __init__(self, run_dir):
+        self.run_dir = Path(run_dir)
+
     def before_fit(self, learn):  # a resumed run's log is its checkpoint's history: epochs logged after it are dropped
         atomic_write(self.run_dir / METRICS, "".join(json.dumps(h) + "\n" for h in getattr(learn, "history", [])))
+
     def after_epoch(self, learn):
-        if learn.training or not learn.history: return
-        with open(self.run_dir / METRICS, "a") as f: f.write(json.dumps(learn.history[-1]) + "\n")
+        if learn.training or not learn.history:
+            return
+        with open(self.run_dir / METRICS, "a") as f:
+            f.write(json.dumps(learn.history[-1]) + "\n")
+
     def cleanup_fit(self, learn):  # also after an early stop or an error: the curves so far
         import matplotlib.pyplot as plt
-        if not learn.history: return
+
+        if not learn.history:
+            return
         fig, png = plot_curves(learn.history), io.BytesIO()
         fig.savefig(png, dpi=100, format="png")
         plt.close(fig)
@@ -166,10 +255,20 @@ class LogCB(Callback):
 # %% ../nbs/06_train.ipynb #ca0e592b
 def checkpoint_state(learn, extra_state: dict, config: Config) -> dict:
     "Everything needed to continue training exactly, or to load the refiner for inference."
-    return {"model": unwrap(learn.model).state_dict(), "optimizer": learn.opt.state_dict(),
-            "scaler": learn.scaler.state_dict() if learn.scaler else None, "rng": rng_states(), "epoch": learn.epoch,
-            "step": learn.step_count, "skipped_steps": learn.skipped_steps, "history": learn.history, "best": learn.best,
-            "config": config_dict(config), "extra_state": extra_state}
+    return {
+        "model": unwrap(learn.model).state_dict(),
+        "optimizer": learn.opt.state_dict(),
+        "scaler": learn.scaler.state_dict() if learn.scaler else None,
+        "rng": rng_states(),
+        "epoch": learn.epoch,
+        "step": learn.step_count,
+        "skipped_steps": learn.skipped_steps,
+        "history": learn.history,
+        "best": learn.best,
+        "config": config_dict(config),
+        "extra_state": extra_state,
+    }
+
 
 def load_checkpoint(learn, path) -> dict:
     "Restore a `last.pt` into `learn`; the next `fit` continues with the following epoch."
@@ -184,61 +283,89 @@ def load_checkpoint(learn, path) -> dict:
     learn.history, learn.best = ckpt["history"], ckpt["best"]
     return ckpt
 
+
 class CheckpointCB(Callback):
     "Save `last.pt` after every epoch and `best.pt` when validation mean IoU improves."
+
     order = 50
+
     def __init__(self, run_dir, extra_state: dict, config: Config):
         self.run_dir, self.extra_state, self.config = Path(run_dir), extra_state, config
+
     def after_epoch(self, learn):
-        if learn.training or not learn.history: return
+        if learn.training or not learn.history:
+            return
         state = checkpoint_state(learn, self.extra_state, self.config)
-        if learn.best["epoch"] == learn.epoch: save_checkpoint(state, self.run_dir / BEST)  # first: last.pt never claims a
-        save_checkpoint(state, self.run_dir / LAST)                                       # best that best.pt lacks
+        if learn.best["epoch"] == learn.epoch:
+            save_checkpoint(state, self.run_dir / BEST)  # first: last.pt never claims a
+        save_checkpoint(state, self.run_dir / LAST)  # best that best.pt lacks
+
 
 class BestWeightsCB(Callback):
     "Keep the weights of the best validation epoch and put them back in the model when the fit ends."
+
     order = 55
-    def __init__(self, run_dir=None): self.run_dir = run_dir
+
+    def __init__(self, run_dir=None):
+        self.run_dir = run_dir
+
     def before_fit(self, learn):
         self.state = None
         if learn.best is not None and self.run_dir is not None:  # resumed: the best epoch so far is in best.pt
             self.state = read_refiner_checkpoint(Path(self.run_dir) / BEST)["model"]
+
     def after_epoch(self, learn):
-        if learn.training or learn.best is None or learn.best["epoch"] != learn.epoch: return
+        if learn.training or learn.best is None or learn.best["epoch"] != learn.epoch:
+            return
         self.state = {k: v.detach().clone() for k, v in unwrap(learn.model).state_dict().items()}
+
     def cleanup_fit(self, learn):
-        if self.state is not None: unwrap(learn.model).load_state_dict(self.state)
+        if self.state is not None:
+            unwrap(learn.model).load_state_dict(self.state)
 
 # %% ../nbs/06_train.ipynb #71e68c91
 def record_inputs(record, cache=None, use_sam: bool = False) -> dict:
     "The refiner's inputs for one record: its pixels and, when the refiner reads them, its cached SAM features."
     return image_inputs(read_image(record.path), cache.get(record.path) if use_sam else None)
 
+
 def make_loader(records, noise: NoiseConfig, data, train: bool, features) -> DataLoader:
     "A loader over `records`: seeded shuffle per epoch when training, noise from `noise`, boxes capped per image."
     rank, n = world()
     ds = NoisyBoxDataset(records, noise, train=train, features=features)
-    sampler = (DistributedSampler(ds, num_replicas=n, rank=rank, shuffle=True, seed=data.seed, drop_last=False) if train
-               else ShardSampler(len(ds), rank, n))
+    sampler = (
+        DistributedSampler(ds, num_replicas=n, rank=rank, shuffle=True, seed=data.seed, drop_last=False)
+        if train
+        else ShardSampler(len(ds), rank, n)
+    )
     collate = partial(collate_boxes, max_boxes=data.max_boxes if train else None, seed=data.seed)
     return DataLoader(ds, batch_size=data.batch_size, sampler=sampler, collate_fn=collate, num_workers=data.num_workers)
 
 # %% ../nbs/06_train.ipynb #1e7f2b9c
 VAL_SPLITS = ("val", "valid", "validation")  # the names datasets give their validation split (Roboflow: valid)
 
+
 def split_records(records: list, data) -> tuple:
-    "(train, val) records: by the `split` field when it holds train and val images, else a seeded split; never test images."
+    "(train, val) records: by the `split` field if it has train and val images, else a seeded split; never test images."
     train, val = [r for r in records if r.split == "train"], [r for r in records if r.split in VAL_SPLITS]
-    if train and val: return train, val
+    if train and val:
+        return train, val
     records = [r for r in records if r.split != "test"]
-    if len(records) < 2: raise ValueError(f"need at least 2 images to train and validate, got {len(records)}")
-    val_ids = {r.id for r in sorted(records, key=lambda r: stable_int((data.seed, r.id)))[: max(1, round(data.val_fraction * len(records)))]}
+    if len(records) < 2:
+        raise ValueError(f"need at least 2 images to train and validate, got {len(records)}")
+    val_ids = {
+        r.id
+        for r in sorted(records, key=lambda r: stable_int((data.seed, r.id)))[
+            : max(1, round(data.val_fraction * len(records)))
+        ]
+    }
     return [r for r in records if r.id not in val_ids], [r for r in records if r.id in val_ids]
 
 # %% ../nbs/06_train.ipynb #39511a53
 def core_callbacks(precision: str, device) -> list:
     "What training and evaluation share: device placement, metrics, and autocast in `precision` (bf16, fp16, fp32)."
     return [DeviceCB(device), MetricsCB()] + ([MixedPrecisionCB(precision)] if precision != "fp32" else [])
+
 
 def choose_min_gain(net, records: list, config: Config, features, device, precision: str) -> dict:
     "The gate's margin, chosen on `records` with every kind of box error; and what the gate does there."
@@ -247,48 +374,65 @@ def choose_min_gain(net, records: list, config: Config, features, device, precis
     RefinerLearner(net, None, loader, config, core_callbacks(precision, device) + [collect]).fit(1, train=False)
     return gate_summary(collect.table, best_min_gain(*collect.table.T))
 
+
 def record_gate(checkpoint, gate: dict) -> None:
     "Write the chosen margin (and what it did) into a checkpoint."
     save_checkpoint({**read_refiner_checkpoint(checkpoint), "min_gain": gate["min_gain"], "gate": gate}, checkpoint)
 
-def build_callbacks(config: Config, run_dir, extra_state: dict, device, precision: str, progress: bool = True,
-                    rank: int = 0) -> list:
+
+def build_callbacks(
+    config: Config, run_dir, extra_state: dict, device, precision: str, progress: bool = True, rank: int = 0
+) -> list:
     "The standard callbacks of a training run; only rank 0 logs, saves and shows progress."
     tc = config.training
     cbs = core_callbacks(precision, device) + [SchedulerCB(tc.lr, tc.warmup, tc.schedule)]
-    if tc.grad_clip: cbs.append(GradClipCB(tc.grad_clip))
+    if tc.grad_clip:
+        cbs.append(GradClipCB(tc.grad_clip))
     if rank == 0:
-        if run_dir is not None: cbs += [LogCB(run_dir), CheckpointCB(run_dir, extra_state, config)]
-        if progress: cbs.append(ProgressCB(epoch_line))
-    if tc.patience: cbs.append(EarlyStoppingCB(tc.patience))
+        if run_dir is not None:
+            cbs += [LogCB(run_dir), CheckpointCB(run_dir, extra_state, config)]
+        if progress:
+            cbs.append(ProgressCB(epoch_line))
+    if tc.patience:
+        cbs.append(EarlyStoppingCB(tc.patience))
     return cbs + [BestWeightsCB(run_dir)]
 
 # %% ../nbs/06_train.ipynb #726781e2
 class NotEnoughData(ValueError):
     "Too few images (with boxes) to train and validate."
 
+
 def _usable(train_records: list, val_records: list) -> tuple:
     "The records with boxes (an image without boxes has no loss), checked to be enough for every process."
     train_records, val_records = ([r for r in recs if len(r.boxes)] for recs in (train_records, val_records))
     if not train_records or not val_records:
-        raise NotEnoughData(f"need training and validation images with boxes, got {len(train_records)} and {len(val_records)}")
+        raise NotEnoughData(
+            f"need training and validation images with boxes, got {len(train_records)} and {len(val_records)}"
+        )
     if len(val_records) < world()[1]:
         raise NotEnoughData(f"{len(val_records)} validation images cannot be shared by {world()[1]} processes")
     return train_records, val_records
+
 
 def _starting_net(config: Config, interm: int, announce: bool) -> BoxRefinerNet:
     "The network of a new run: seeded random weights, then the starting point `training.init` asks for."
     torch.manual_seed(config.training.seed)
     net = BoxRefinerNet(config.model, interm)
     start, line = initial_refiner(config.training.init, net)
-    if start is not None: net.load_state_dict(start.net.state_dict())
-    if announce: print(line)
+    if start is not None:
+        net.load_state_dict(start.net.state_dict())
+    if announce:
+        print(line)
     return net
 
+
 def _write_run_settings(run_dir, config: Config, data_record: dict | None, resume: bool) -> None:
-    if run_dir is None or world()[0] != 0: return
+    if run_dir is None or world()[0] != 0:
+        return
     save_config(config, run_dir / CONFIG)
-    if data_record is not None and not resume: atomic_write(run_dir / DATA, json.dumps(data_record, indent=1))
+    if data_record is not None and not resume:
+        atomic_write(run_dir / DATA, json.dumps(data_record, indent=1))
+
 
 def train_refiner(
     config: Config,  # The run's settings
@@ -300,38 +444,60 @@ def train_refiner(
     overwrite: bool = False,  # Replace the run in `run_dir` (only a folder that holds one of our runs)
     progress: bool = True,  # Show progress bars
     cbs=(),  # Extra callbacks (e.g. the widget monitor)
-    random_weights: bool | None = None,  # Whether the encoder has random weights (decides `model.sam="auto"`); None: from the config
-    data_record: dict | None = None,  # What the run trains on (files and their hashes), kept as data.json in a new run folder
-) -> RefinerLearner:  # The learner after fitting: its `history`, `model` (the best epoch's weights), `refiner` and `gate`
-    "Train a refiner on cached features and noisy boxes, logging and checkpointing into `run_dir`; then choose its gate."
+    random_weights: bool
+    | None = None,  # Whether the encoder has random weights (decides `model.sam="auto"`); None: from the config
+    data_record: dict
+    | None = None,  # What the run trains on (files and their hashes), kept as data.json in a new run folder
+) -> (
+    RefinerLearner
+):  # The learner after fitting: its `history`, `model` (the best epoch's weights), `refiner` and `gate`
+    "Train a refiner on cached features and noisy boxes, logging and checkpointing into `run_dir`; then set its gate."
     train_records, val_records = _usable(train_records, val_records)
     run_dir = prepare_run_dir(run_dir, resume, overwrite)
     config, rank = resolved_config(config, random_weights), world()[0]
     use_sam = config.model.sam != "off"
-    if use_sam and cache is None: raise ValueError(f"model.sam={config.model.sam!r} reads SAM features: pass a FeatureCache")
-    net = _starting_net(config, cache.encoder.interm_channels if cache is not None else 160, announce=rank == 0 and not resume)
-    refiner = BoxRefiner(net, config.encoder, cache.fingerprint if cache is not None else None,
-                         about=str(run_dir / BEST) if run_dir else "the trained refiner")
+    if use_sam and cache is None:
+        raise ValueError(f"model.sam={config.model.sam!r} reads SAM features: pass a FeatureCache")
+    net = _starting_net(
+        config, cache.encoder.interm_channels if cache is not None else 160, announce=rank == 0 and not resume
+    )
+    refiner = BoxRefiner(
+        net,
+        config.encoder,
+        cache.fingerprint if cache is not None else None,
+        about=str(run_dir / BEST) if run_dir else "the trained refiner",
+    )
     _write_run_settings(run_dir, config, data_record, resume)
     features, device = partial(record_inputs, cache=cache, use_sam=use_sam), resolve_device(config.training.device)
     model = net.to(device)  # before the optimizer state is made or loaded, so that it lands on the same device
     if world()[1] > 1:  # DistributedDataParallel averages the gradients across processes
-        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    learn = RefinerLearner(model, make_loader(train_records, config.data.train_noise_config(), config.data, True, features),
-                           make_loader(val_records, config.data.val_noise_config(), config.data, False, features), config)
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    learn = RefinerLearner(
+        model,
+        make_loader(train_records, config.data.train_noise_config(), config.data, True, features),
+        make_loader(val_records, config.data.val_noise_config(), config.data, False, features),
+        config,
+    )
     learn.refiner, learn.cache, learn.device = refiner, cache, device
     choice = choose_training_precision(learn, config.training.precision)
-    if rank == 0: print(f"training precision: {choice}")
+    if rank == 0:
+        print(f"training precision: {choice}")
     learn.precision = choice.precision
-    learn.cbs = build_callbacks(config, run_dir, refiner.extra_state(), device, choice.precision, progress, rank) + list(cbs)
-    if resume: load_checkpoint(learn, run_dir / LAST)
+    learn.cbs = build_callbacks(
+        config, run_dir, refiner.extra_state(), device, choice.precision, progress, rank
+    ) + list(cbs)
+    if resume:
+        load_checkpoint(learn, run_dir / LAST)
     learn.fit(config.training.epochs)
     net.eval()
     learn.gate = choose_min_gain(net, val_records, config, features, device, choice.precision)
     refiner.min_gain = learn.gate["min_gain"]
     if rank == 0:
         print(gate_line(learn.gate))
-        if run_dir is not None: record_gate(run_dir / BEST, learn.gate)
+        if run_dir is not None:
+            record_gate(run_dir / BEST, learn.gate)
     return learn
 
 # %% ../nbs/06_train.ipynb #980e9a94
@@ -339,6 +505,7 @@ def _run_precision(ckpt: dict, device) -> str:
     "The precision the checkpoint's run trained in (older runs did not record it: decided afresh)."
     recorded = ckpt["history"][-1].get("precision") if ckpt["history"] else None
     return recorded or choose_precision(ckpt["config"]["training"]["precision"], device).precision
+
 
 def validate_checkpoint(
     checkpoint,  # A `last.pt` or `best.pt`
@@ -361,18 +528,27 @@ def validate_checkpoint(
 class RunMismatch(ValueError):
     "A run resumed on other data or another encoder than it recorded."
 
+
 def data_record(ann, images) -> dict:
     "What a run trains on: the annotation file (with its hash) and the image folder."
     ann, images = Path(ann), Path(images)
-    return {"annotations": str(ann.resolve()), "annotations_sha256": hashlib.sha256(ann.read_bytes()).hexdigest(),
-            "images": str(images.resolve())}
+    return {
+        "annotations": str(ann.resolve()),
+        "annotations_sha256": hashlib.sha256(ann.read_bytes()).hexdigest(),
+        "images": str(images.resolve()),
+    }
+
 
 def check_resume(run_dir, record: dict, encoder: EncoderConfig) -> None:
     "Refuse to resume the run in `run_dir` on data other than `record` or with another encoder than it recorded."
     run_dir = Path(run_dir)
     recorded = json.loads((run_dir / DATA).read_text()) if (run_dir / DATA).is_file() else None
     if recorded is not None and recorded != record:
-        raise RunMismatch(f"--resume: {run_dir} was trained on {recorded['annotations']} with {recorded['images']}, "
-                          "not on this --ann/--images (or the file changed): pass --force to go on")
+        raise RunMismatch(
+            f"--resume: {run_dir} was trained on {recorded['annotations']} with {recorded['images']}, "
+            "not on this --ann/--images (or the file changed): pass --force to go on"
+        )
     if load_config(run_dir / CONFIG).encoder != encoder:
-        raise RunMismatch(f"--resume: the encoder options differ from the run's ({run_dir / CONFIG}): pass --force to go on")
+        raise RunMismatch(
+            f"--resume: the encoder options differ from the run's ({run_dir / CONFIG}): pass --force to go on"
+        )

@@ -47,25 +47,36 @@ def show_boxes(
     legend: bool = True,  # Whether to add a legend of the kinds drawn
     max_side: int | None = None,  # Draw a thumbnail of at most this many pixels a side (boxes stay in image pixels)
 ):  # The axes
-    "Draw an image with its true, noisy and predicted boxes in three distinct styles; label predictions with their IoU when the truth is given."
-    if ax is None: _, ax = plt.subplots(figsize=(6, 4.5))
+    "Draw an image with its true, noisy and predicted boxes in three styles; label predictions with their IoU."
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4.5))
     image = np.asarray(image)
     h, w = image.shape[:2]
     step = max(1, -(-max(h, w) // max_side)) if max_side else 1
     ax.imshow(image[::step, ::step], extent=(0, w, h, 0))
     ax.set_axis_off()
-    if title: ax.set_title(title)
+    if title:
+        ax.set_title(title)
     handles = []
     for kind, boxes in (("true", true), ("noisy", noisy), ("pred", pred)):
-        if boxes is None: continue
+        if boxes is None:
+            continue
         for x1, y1, x2, y2 in check_boxes(boxes, kind).tolist():
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, label=kind, **BOX_STYLES[kind]))
         style = BOX_STYLES[kind]
-        handles.append(Line2D([], [], color=style["edgecolor"], linewidth=style["linewidth"], linestyle=style["linestyle"], label=kind))
+        handles.append(
+            Line2D(
+                [], [], color=style["edgecolor"], linewidth=style["linewidth"], linestyle=style["linestyle"], label=kind
+            )
+        )
     if pred is not None and true is not None and len(pred) == len(true):
-        for (x1, y1, _, _), iou in zip(torch.as_tensor(pred).tolist(), elementwise_iou(torch.as_tensor(pred).float(), torch.as_tensor(true).float()).tolist()):
+        for (x1, y1, _, _), iou in zip(
+            torch.as_tensor(pred).tolist(),
+            elementwise_iou(torch.as_tensor(pred).float(), torch.as_tensor(true).float()).tolist(),
+        ):
             ax.text(x1, y1 - 2, f"{iou:.2f}", color=BOX_STYLES["pred"]["edgecolor"], fontsize=6, va="bottom")
-    if legend and handles: ax.legend(handles=handles, loc="upper right", framealpha=0.8, fontsize=8)
+    if legend and handles:
+        ax.legend(handles=handles, loc="upper right", framealpha=0.8, fontsize=8)
     return ax
 
 # %% ../nbs/08_widgets.ipynb #55029df3
@@ -83,6 +94,7 @@ def noise_picture(
     fig.tight_layout()
     return fig
 
+
 def refinement_picture(
     refiner,  # A `BoxRefiner`
     record,  # One `ImageBoxes`
@@ -93,17 +105,26 @@ def refinement_picture(
     refined, _ = refiner.refine(record.path, noisy)
     fig, ax = plt.subplots(figsize=(8, 6))
     before, after = (elementwise_iou(b, record.boxes).mean() for b in (noisy, refined))
-    show_boxes(read_image(record.path), true=record.boxes, noisy=noisy, pred=refined, ax=ax,
-               title=f"{record.file_name}: mean IoU noisy {before:.3f}, refined {after:.3f}")
+    show_boxes(
+        read_image(record.path),
+        true=record.boxes,
+        noisy=noisy,
+        pred=refined,
+        ax=ax,
+        title=f"{record.file_name}: mean IoU noisy {before:.3f}, refined {after:.3f}",
+    )
     fig.tight_layout()
     return fig
 
 # %% ../nbs/08_widgets.ipynb #b2a1b632
 def in_notebook() -> bool:
     "Whether we run in a Jupyter kernel that can show widgets."
-    try: from IPython import get_ipython
-    except ImportError: return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
     return getattr(get_ipython(), "kernel", None) is not None
+
 
 def figure_png(fig, dpi: int = 80) -> bytes:
     "A figure as PNG bytes; the figure is closed."
@@ -112,55 +133,76 @@ def figure_png(fig, dpi: int = 80) -> bytes:
     plt.close(fig)
     return buf.getvalue()
 
+
 REFRESH_CHOICES = {"every epoch": 0, "every 5 steps": 5, "every 20 steps": 20, "every 100 steps": 100}
 BOX_KINDS = ("true", "noisy", "pred")
 
 # %% ../nbs/08_widgets.ipynb #dea0ff88
 class TrainingMonitor(Callback):
     "Loss curves and validation boxes, live in Jupyter, as PNG files when asked, invisible otherwise."
+
     order = 70
+
     def __init__(
         self,
         every: int = 0,  # Refresh every this many training steps; 0: after each validation epoch
-        budget: float | None = 0.05,  # Skip a refresh that would take the monitor's share of training time above this; None: never skip
+        budget: float | None = 0.05,  # Skip a refresh that would lift the monitor's share of training time above this
         n_images: int = 4,  # Validation images per page
         kinds=BOX_KINDS,  # Which boxes to draw
         save_dir=None,  # Write monitor-curves.png and monitor-boxes.png here at each refresh
         live: bool | None = None,  # Show the widget panel; None: when running in a Jupyter kernel
     ):
-        self.every, self.budget, self.n_images, self.kinds, self.save_dir = every, budget, n_images, set(kinds), save_dir and Path(save_dir)
+        self.every, self.budget, self.n_images, self.kinds, self.save_dir = (
+            every,
+            budget,
+            n_images,
+            set(kinds),
+            save_dir and Path(save_dir),
+        )
         self.live = in_notebook() if live is None else live
         self.page, self.refreshes, self.skipped, self.seconds, self.learn, self.widget = 0, 0, 0, 0.0, None, None
         self.preds = {}  # validation image index -> its last predicted boxes
 
     @property
-    def active(self) -> bool: return self.live or self.save_dir is not None
+    def active(self) -> bool:
+        return self.live or self.save_dir is not None
 
     def before_fit(self, learn):
         self.learn, self.fit_start, self.fit_end = learn, time.perf_counter(), None
-        if self.live and self.widget is None: self._build_widget()
+        if self.live and self.widget is None:
+            self._build_widget()
+
     def after_step(self, learn):
-        if self.active and self.every and learn.step_count % self.every == 0: self.maybe_refresh()
+        if self.active and self.every and learn.step_count % self.every == 0:
+            self.maybe_refresh()
+
     def after_epoch(self, learn):
-        if self.active and not learn.training and not self.every: self.maybe_refresh()
+        if self.active and not learn.training and not self.every:
+            self.maybe_refresh()
+
     def cleanup_fit(self, learn):  # also after an early stop
         self.fit_end, self.fit_seconds = time.perf_counter(), self.seconds  # what watching cost the training itself
-        if self.active and learn.history: self.refresh()  # the final state, always, once training is over
+        if self.active and learn.history:
+            self.refresh()  # the final state, always, once training is over
 
     def maybe_refresh(self) -> None:
         "Refresh unless that would take the monitor over its time budget."
         cost = self.seconds / max(self.refreshes, 1)
-        if self.budget is not None and self.seconds + cost > self.budget * (time.perf_counter() - self.fit_start): self.skipped += 1
-        else: self.refresh()
+        if self.budget is not None and self.seconds + cost > self.budget * (time.perf_counter() - self.fit_start):
+            self.skipped += 1
+        else:
+            self.refresh()
 
     @property
     def overhead(self) -> float:
         "The share of training time spent refreshing during training (the final refresh, after it, is not counted)."
-        if getattr(self, "fit_end", None) is not None: return self.fit_seconds / max(self.fit_end - self.fit_start, 1e-9)
+        if getattr(self, "fit_end", None) is not None:
+            return self.fit_seconds / max(self.fit_end - self.fit_start, 1e-9)
         return self.seconds / max(time.perf_counter() - self.fit_start, 1e-9)
 
     @property
-    def n_pages(self) -> int: return max(1, -(-len(self.learn.valid_dl.dataset) // self.n_images))
+    def n_pages(self) -> int:
+        return max(1, -(-len(self.learn.valid_dl.dataset) // self.n_images))
 
 # %% ../nbs/08_widgets.ipynb #c9bdb624
 @patch
@@ -172,10 +214,14 @@ def predict_page(self: TrainingMonitor) -> list:
     batch = to_device(collate_boxes(items), learn.device)
     was_training = learn.model.training
     learn.model.eval()
-    try: boxes = learn.model(batch)["boxes"][-1].float().cpu()
-    finally: learn.model.train(was_training)
-    for i, part in zip(self.page_indices(), boxes.split([len(it["boxes"]) for it in items])): self.preds[i] = part
+    try:
+        boxes = learn.model(batch)["boxes"][-1].float().cpu()
+    finally:
+        learn.model.train(was_training)
+    for i, part in zip(self.page_indices(), boxes.split([len(it["boxes"]) for it in items])):
+        self.preds[i] = part
     return items
+
 
 @patch
 def page_indices(self: TrainingMonitor) -> range:
@@ -183,37 +229,63 @@ def page_indices(self: TrainingMonitor) -> range:
     start = self.page * self.n_images
     return range(start, min(start + self.n_images, len(self.learn.valid_dl.dataset)))
 
+
 @patch
 def draw_page(self: TrainingMonitor, axs, items: list) -> None:
     "The page's images on `axs`, with the chosen kinds of box."
-    for ax in axs: ax.set_axis_off()
+    for ax in axs:
+        ax.set_axis_off()
     for ax, i, item in zip(axs, self.page_indices(), items):
-        show = {k: v for k, v in (("true", item["boxes"]), ("noisy", item["noisy"]), ("pred", self.preds.get(i))) if k in self.kinds and v is not None}
-        show_boxes(self.thumbnail(item["path"]), **show, ax=ax, legend=ax is axs[0], title=f"image {item['image_id']}", max_side=THUMBNAIL_SIDE)
+        show = {
+            k: v
+            for k, v in (("true", item["boxes"]), ("noisy", item["noisy"]), ("pred", self.preds.get(i)))
+            if k in self.kinds and v is not None
+        }
+        show_boxes(
+            self.thumbnail(item["path"]),
+            **show,
+            ax=ax,
+            legend=ax is axs[0],
+            title=f"image {item['image_id']}",
+            max_side=THUMBNAIL_SIDE,
+        )
+
 
 @patch
 def boxes_figure(self: TrainingMonitor, items: list):
     "The page's images with the chosen kinds of box."
     fig, axs = plt.subplots(1, self.n_images, figsize=(3.2 * self.n_images, 2.7), squeeze=False)
     self.draw_page(axs[0], items)
-    fig.suptitle(f"validation page {self.page + 1}/{self.n_pages}, epoch {self.learn.epoch + 1}, step {self.learn.step_count}", fontsize=9)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.86, wspace=0.03)  # fixed layout: tight_layout costs a third of a refresh
+    fig.suptitle(
+        f"validation page {self.page + 1}/{self.n_pages}, epoch {self.learn.epoch + 1}, step {self.learn.step_count}",
+        fontsize=9,
+    )
+    fig.subplots_adjust(
+        left=0.01, right=0.99, bottom=0.01, top=0.86, wspace=0.03
+    )  # fixed layout: tight_layout costs a third of a refresh
     return fig
+
 
 @patch
 def curves_figure(self: TrainingMonitor):
     "Training loss per step, validation loss and mean IoU per epoch."
-    return plot_curves(self.learn.history, step_losses=getattr(self.learn, "step_losses", None), steps_per_epoch=len(self.learn.train_dl))
+    return plot_curves(
+        self.learn.history,
+        step_losses=getattr(self.learn, "step_losses", None),
+        steps_per_epoch=len(self.learn.train_dl),
+    )
+
 
 THUMBNAIL_SIDE = 320
+
 
 @patch
 def thumbnail(self: TrainingMonitor, path) -> np.ndarray:
     "A validation image, decoded once per run."
     cache = self.__dict__.setdefault("_images", {})
-    if path not in cache: cache[path] = read_image(path)
+    if path not in cache:
+        cache[path] = read_image(path)
     return cache[path]
-
 
 # %% ../nbs/08_widgets.ipynb #b8f8fffa
 @patch
@@ -224,43 +296,62 @@ def refresh(self: TrainingMonitor) -> None:
     curves, boxes = self.curves_figure(), self.boxes_figure(items)
     self.last_figures = (curves, boxes)  # kept for tests and `snapshot`; closed by `figure_png`
     pngs = figure_png(curves, dpi=64), figure_png(boxes, dpi=64)
-    if self.widget is not None: self.curves_image.value, self.boxes_image.value = pngs
+    if self.widget is not None:
+        self.curves_image.value, self.boxes_image.value = pngs
     if self.save_dir is not None:
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        for name, png in zip(("monitor-curves.png", "monitor-boxes.png"), pngs): atomic_write(self.save_dir / name, png)
+        for name, png in zip(("monitor-curves.png", "monitor-boxes.png"), pngs):
+            atomic_write(self.save_dir / name, png)
     self.refreshes += 1
     self.seconds += time.perf_counter() - start
+
 
 @patch
 def snapshot(self: TrainingMonitor):
     "The monitor's current state as one static matplotlib figure."
     items = self.predict_page()
-    fig, axs = plt.subplots(2, max(2, self.n_images), figsize=(3.2 * max(2, self.n_images), 5.6), gridspec_kw={"height_ratios": [1, 1.2]})
-    for ax in axs.flat: ax.set_axis_off()
+    fig, axs = plt.subplots(
+        2, max(2, self.n_images), figsize=(3.2 * max(2, self.n_images), 5.6), gridspec_kw={"height_ratios": [1, 1.2]}
+    )
+    for ax in axs.flat:
+        ax.set_axis_off()
     spec, half = axs[0, 0].get_gridspec(), max(2, self.n_images) // 2
-    plot_curves(self.learn.history, [fig.add_subplot(spec[0, :half]), fig.add_subplot(spec[0, half:])],
-                getattr(self.learn, "step_losses", None), len(self.learn.train_dl))
+    plot_curves(
+        self.learn.history,
+        [fig.add_subplot(spec[0, :half]), fig.add_subplot(spec[0, half:])],
+        getattr(self.learn, "step_losses", None),
+        len(self.learn.train_dl),
+    )
     self.draw_page(axs[1], items)
     fig.tight_layout()
     return fig
-
 
 # %% ../nbs/08_widgets.ipynb #9dd29e0e
 @patch
 def _build_widget(self: TrainingMonitor) -> None:
     import ipywidgets as W
     from IPython.display import display
+
     self.curves_image, self.boxes_image = W.Image(format="png"), W.Image(format="png")
     self.page_slider = W.IntSlider(value=1, min=1, max=self.n_pages, description="page")
-    self.kind_boxes = {k: W.Checkbox(value=k in self.kinds, description=k, indent=False, layout=W.Layout(width="80px")) for k in BOX_KINDS}
-    self.rate = W.Dropdown(options=list(REFRESH_CHOICES), value=next((k for k, v in REFRESH_CHOICES.items() if v == self.every), "every epoch"),
-                           description="refresh")
+    self.kind_boxes = {
+        k: W.Checkbox(value=k in self.kinds, description=k, indent=False, layout=W.Layout(width="80px"))
+        for k in BOX_KINDS
+    }
+    self.rate = W.Dropdown(
+        options=list(REFRESH_CHOICES),
+        value=next((k for k, v in REFRESH_CHOICES.items() if v == self.every), "every epoch"),
+        description="refresh",
+    )
     self.page_slider.observe(lambda ch: self.set_page(ch["new"] - 1), names="value")
-    for k, box in self.kind_boxes.items(): box.observe(lambda ch, k=k: self.set_kind(k, ch["new"]), names="value")
+    for k, box in self.kind_boxes.items():
+        box.observe(lambda ch, k=k: self.set_kind(k, ch["new"]), names="value")
     self.rate.observe(lambda ch: setattr(self, "every", REFRESH_CHOICES[ch["new"]]), names="value")
     controls = W.HBox([self.page_slider, *self.kind_boxes.values(), self.rate])
     self.widget = W.VBox([self.curves_image, controls, self.boxes_image])
-    if in_notebook(): display(self.widget)  # built but not shown when driven headlessly (tests, executed docs)
+    if in_notebook():
+        display(self.widget)  # built but not shown when driven headlessly (tests, executed docs)
+
 
 @patch
 def set_page(self: TrainingMonitor, page: int) -> None:
@@ -272,31 +363,42 @@ def set_page(self: TrainingMonitor, page: int) -> None:
     self.page = page
     self.refresh()
 
+
 @patch
 def set_kind(self: TrainingMonitor, kind: str, visible: bool) -> None:
     "Show or hide one kind of box ('true', 'noisy' or 'pred') and redraw."
-    if kind not in BOX_KINDS: raise ValueError(f"kind must be one of {BOX_KINDS}, got {kind!r}")
+    if kind not in BOX_KINDS:
+        raise ValueError(f"kind must be one of {BOX_KINDS}, got {kind!r}")
     if self.widget is not None and self.kind_boxes[kind].value != visible:
         self.kind_boxes[kind].value = visible  # its observer comes back here and redraws
         return
     self.kinds = self.kinds | {kind} if visible else self.kinds - {kind}
     self.refresh()
 
-
 # %% ../nbs/08_widgets.ipynb #01cb496a
 def drawn_boxes(ax, kind: str) -> torch.Tensor:
     "The xyxy boxes of one kind drawn on `ax` by `show_boxes`, read back from the artists."
-    return torch.tensor([[p.get_x(), p.get_y(), p.get_x() + p.get_width(), p.get_y() + p.get_height()]
-                         for p in ax.patches if p.get_label() == kind]).reshape(-1, 4)
+    return torch.tensor(
+        [
+            [p.get_x(), p.get_y(), p.get_x() + p.get_width(), p.get_y() + p.get_height()]
+            for p in ax.patches
+            if p.get_label() == kind
+        ]
+    ).reshape(-1, 4)
 
 # %% ../nbs/08_widgets.ipynb #2aba551d
-def _key_text(key) -> str: return json.dumps(list(key) if isinstance(key, tuple) else key)  # 5 and "5" stay apart
+def _key_text(key) -> str:
+    return json.dumps(list(key) if isinstance(key, tuple) else key)  # 5 and "5" stay apart
+
+
 def _key_from(text: str):
     value = json.loads(text)
     return tuple(value) if isinstance(value, list) else value
 
+
 class ReviewSession:
     "Decisions on the boxes of a refined COCO file, saved as they are made."
+
     def __init__(
         self,
         refined,  # A COCO JSON written by `boxrefine refine` (annotations with bbox_input and quality)
@@ -305,24 +407,34 @@ class ReviewSession:
     ):
         self.refined_path, self.images = Path(refined), Path(images)
         self.out = Path(out) if out else self.refined_path.with_name(self.refined_path.stem + ".reviewed.json")
-        if self.out.resolve() == self.refined_path.resolve(): raise ValueError(f"out {self.out} is the input file: choose another")
+        if self.out.resolve() == self.refined_path.resolve():
+            raise ValueError(f"out {self.out} is the input file: choose another")
         self.coco = json.loads(self.refined_path.read_text())
         self.anns = {annotation_key(a, i): a for i, a in enumerate(self.coco["annotations"]) if "bbox_input" in a}
-        if not self.anns: raise ValueError(f"{self.refined_path} has no refined annotations (bbox_input): run `boxrefine refine` first")
+        if not self.anns:
+            raise ValueError(
+                f"{self.refined_path} has no refined annotations (bbox_input): run `boxrefine refine` first"
+            )
         self.files = {im["id"]: im["file_name"] for im in self.coco["images"]}
         self.decisions_path = self.out.with_name(self.out.name + ".decisions.json")
         self.refined_digest = hashlib.sha256(self.refined_path.read_bytes()).hexdigest()[:16]
         self.decisions = self._saved_decisions()
-        if self.out.exists() and json.loads(self.out.read_text()).get("info", {}).get("boxrefine_review") != self.refined_digest:
+        if (
+            self.out.exists()
+            and json.loads(self.out.read_text()).get("info", {}).get("boxrefine_review") != self.refined_digest
+        ):
             raise ValueError(f"{self.out} exists and is not a review of {self.refined_path}: choose another out")
 
     def _saved_decisions(self) -> dict:
         "The decisions saved for this very refined file; decisions about another refined file are refused."
-        if not self.decisions_path.exists(): return {}
+        if not self.decisions_path.exists():
+            return {}
         saved = json.loads(self.decisions_path.read_text())
         if saved.get("refined") != self.refined_digest:
-            raise ValueError(f"{self.decisions_path} holds decisions about another version of {self.refined_path.name} "
-                             "(it was refined again): move that file away to start a new review")
+            raise ValueError(
+                f"{self.decisions_path} holds decisions about another version of {self.refined_path.name} "
+                "(it was refined again): move that file away to start a new review"
+            )
         return {_key_from(k): v for k, v in saved["decisions"].items()}
 
     def moved(self, ann_id) -> float:
@@ -333,36 +445,54 @@ class ReviewSession:
 
     def order(self, by: str = "moved") -> list:
         "Annotation ids, most moved first (`moved`) or least confident first (`quality`)."
-        if by == "moved": return sorted(self.anns, key=lambda i: -self.moved(i))
-        if by == "quality": return sorted(self.anns, key=lambda i: self.anns[i]["quality"])
+        if by == "moved":
+            return sorted(self.anns, key=lambda i: -self.moved(i))
+        if by == "quality":
+            return sorted(self.anns, key=lambda i: self.anns[i]["quality"])
         raise ValueError(f"order by 'moved' or 'quality', got {by!r}")
 
 # %% ../nbs/08_widgets.ipynb #adf35e5d
 @patch
 def decide(self: ReviewSession, ann_id, action: str, delta=None) -> dict:
     "Record a decision on one box and save all decisions at once."
-    if ann_id not in self.anns: raise KeyError(f"annotation {ann_id} is not a refined box of {self.refined_path}")
-    if action not in ("accept", "reject", "nudge"): raise ValueError(f"action must be accept, reject or nudge, got {action!r}")
+    if ann_id not in self.anns:
+        raise KeyError(f"annotation {ann_id} is not a refined box of {self.refined_path}")
+    if action not in ("accept", "reject", "nudge"):
+        raise ValueError(f"action must be accept, reject or nudge, got {action!r}")
     if action == "nudge":
-        if delta is None or len(delta) != 4: raise ValueError("a nudge needs 4 pixel offsets: x1, y1, x2, y2")
+        if delta is None or len(delta) != 4:
+            raise ValueError("a nudge needs 4 pixel offsets: x1, y1, x2, y2")
         old = self.decisions.get(ann_id, {})
-        total = [a + b for a, b in zip(old.get("delta", [0, 0, 0, 0]), delta)] if old.get("action") == "nudge" else list(delta)
+        total = (
+            [a + b for a, b in zip(old.get("delta", [0, 0, 0, 0]), delta)]
+            if old.get("action") == "nudge"
+            else list(delta)
+        )
         self.decisions[ann_id] = {"action": "nudge", "delta": [float(v) for v in total]}
-    else: self.decisions[ann_id] = {"action": action}
+    else:
+        self.decisions[ann_id] = {"action": action}
     decisions = {"refined": self.refined_digest, "decisions": {_key_text(k): v for k, v in self.decisions.items()}}
     atomic_write(self.decisions_path, json.dumps(decisions, indent=1))
     return self.decisions[ann_id]
+
 
 @patch
 def final_box(self: ReviewSession, ann_id) -> list:
     "The xywh box a decision gives."
     a, d = self.anns[ann_id], self.decisions.get(ann_id, {})
-    if d.get("action") == "reject": return list(a["bbox_input"])
+    if d.get("action") == "reject":
+        return list(a["bbox_input"])
     if d.get("action") == "nudge":
-        x1, y1, x2, y2 = (v + dv for v, dv in zip(convert_boxes(torch.tensor([a["bbox"]], dtype=torch.float64), "xywh", "xyxy")[0].tolist(), d["delta"]))
+        x1, y1, x2, y2 = (
+            v + dv
+            for v, dv in zip(
+                convert_boxes(torch.tensor([a["bbox"]], dtype=torch.float64), "xywh", "xyxy")[0].tolist(), d["delta"]
+            )
+        )
         x1, x2, y1, y2 = min(x1, x2), max(x1, x2), min(y1, y2), max(y1, y2)
         return [round(x1, 2), round(y1, 2), round(max(x2 - x1, 1.0), 2), round(max(y2 - y1, 1.0), 2)]
     return list(a["bbox"])
+
 
 @patch
 def write(self: ReviewSession) -> Path:
@@ -370,34 +500,57 @@ def write(self: ReviewSession) -> Path:
     out = json.loads(json.dumps(self.coco))
     for i, a in enumerate(out["annotations"]):
         key = annotation_key(a, i)
-        if key not in self.anns: continue
+        if key not in self.anns:
+            continue
         d = self.decisions.get(key)
         a["bbox"] = self.final_box(key)
         a["review"] = d["action"] if d else "pending"
-        if not a.get("segmentation"): a["area"] = round(a["bbox"][2] * a["bbox"][3], 2)
+        if not a.get("segmentation"):
+            a["area"] = round(a["bbox"][2] * a["bbox"][3], 2)
     out.setdefault("info", {})["boxrefine_review"] = self.refined_digest
     atomic_write(self.out, json.dumps(out, indent=1))
     return self.out
 
-
 # %% ../nbs/08_widgets.ipynb #6495684f
-NUDGES = {"left ←": (-1, 0, 0, 0), "left →": (1, 0, 0, 0), "top ↑": (0, -1, 0, 0), "top ↓": (0, 1, 0, 0),
-          "right ←": (0, 0, -1, 0), "right →": (0, 0, 1, 0), "bottom ↑": (0, 0, 0, -1), "bottom ↓": (0, 0, 0, 1)}
+NUDGES = {
+    "left ←": (-1, 0, 0, 0),
+    "left →": (1, 0, 0, 0),
+    "top ↑": (0, -1, 0, 0),
+    "top ↓": (0, 1, 0, 0),
+    "right ←": (0, 0, -1, 0),
+    "right →": (0, 0, 1, 0),
+    "bottom ↑": (0, 0, 0, -1),
+    "bottom ↓": (0, 0, 0, 1),
+}
+
 
 class ReviewWidget:
     "A panel over a `ReviewSession`: a sorted list of boxes, before/after on the image, accept / reject / nudge, save."
+
     def __init__(self, session: ReviewSession, by: str = "moved", pad: float = 1.0):
         import ipywidgets as W
+
         self.session, self.pad = session, pad
         self.sort = W.ToggleButtons(options=["moved", "quality"], value=by, description="order")
         self.list = W.Select(rows=12, layout=W.Layout(width="360px"))
         self.image = W.Image(format="png")
         self.status = W.HTML()
-        buttons = [W.Button(description=d, layout=W.Layout(width="90px")) for d in ("accept", "reject", *NUDGES, "write")]
-        for b in buttons: b.on_click(lambda b: self.click(b.description))
+        buttons = [
+            W.Button(description=d, layout=W.Layout(width="90px")) for d in ("accept", "reject", *NUDGES, "write")
+        ]
+        for b in buttons:
+            b.on_click(lambda b: self.click(b.description))
         self.sort.observe(lambda ch: self.relist(), names="value")
         self.list.observe(lambda ch: self.show(), names="value")
-        self.widget = W.VBox([self.sort, W.HBox([self.list, self.image]), W.HBox(buttons[:2] + buttons[-1:]), W.HBox(buttons[2:-1]), self.status])
+        self.widget = W.VBox(
+            [
+                self.sort,
+                W.HBox([self.list, self.image]),
+                W.HBox(buttons[:2] + buttons[-1:]),
+                W.HBox(buttons[2:-1]),
+                self.status,
+            ]
+        )
         self.relist()
 
     def _label(self, i: int) -> str:
@@ -415,7 +568,10 @@ class ReviewWidget:
         "The box's neighbourhood: input box (red, dashed) and the box the decision gives (yellow, dotted)."
         a = self.session.anns[ann_id]
         image = read_image(self.session.images / self.session.files[a["image_id"]])
-        before, after = (convert_boxes(torch.tensor([b], dtype=torch.float32), "xywh", "xyxy") for b in (a["bbox_input"], self.session.final_box(ann_id)))
+        before, after = (
+            convert_boxes(torch.tensor([b], dtype=torch.float32), "xywh", "xyxy")
+            for b in (a["bbox_input"], self.session.final_box(ann_id))
+        )
         fig, ax = plt.subplots(figsize=(4, 4))
         show_boxes(image, noisy=before, pred=after, ax=ax, title=self._label(ann_id).split(":")[0])
         x1, y1, x2, y2 = torch.cat([before, after]).T
@@ -425,23 +581,30 @@ class ReviewWidget:
         return fig
 
     def show(self) -> None:
-        if self.list.value is None: return
+        if self.list.value is None:
+            return
         self.last_figure = self.figure(self.list.value)
         self.image.value = figure_png(self.last_figure, dpi=90)
 
     def click(self, what: str) -> None:
         "Apply a button: accept, reject, a nudge, or write."
         i = self.list.value
-        if what == "write": self.status.value = f"wrote {self.session.write()}"; return
-        if what in NUDGES: self.session.decide(i, "nudge", NUDGES[what])
-        else: self.session.decide(i, what)
+        if what == "write":
+            self.status.value = f"wrote {self.session.write()}"
+            return
+        if what in NUDGES:
+            self.session.decide(i, "nudge", NUDGES[what])
+        else:
+            self.session.decide(i, what)
         self.status.value = f"#{i}: {self.session.decisions[i]} (saved to {self.session.decisions_path.name})"
         self.relist()
 
     def _ipython_display_(self):
         "The panel in Jupyter; elsewhere (an executed notebook, the docs) a picture of the current box."
         from IPython.display import display
-        if in_notebook(): return display(self.widget)
+
+        if in_notebook():
+            return display(self.widget)
         fig = self.figure(self.list.value)
         display(fig)
         plt.close(fig)

@@ -1,5 +1,5 @@
 "Shared fixtures: the real BCCD data beside the checkout, and small box strategies."
-import json
+
 import os
 from pathlib import Path
 

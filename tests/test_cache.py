@@ -1,4 +1,5 @@
 "The feature cache, against real BCCD images and small generated ones, in one process and several."
+
 import json
 import os
 import signal
@@ -69,7 +70,8 @@ def test_what_misses_and_what_hits(encoder, bccd_images, tmp_path):
     Image.open(bccd_images[1]).save(resaved)
     cache.get_many([renamed, resaved])
     assert (cache.stats.hits, cache.stats.misses) == (2, 0)
-    edited = np.array(Image.open(bccd_images[0])); edited[0, 0, 0] ^= 1
+    edited = np.array(Image.open(bccd_images[0]))
+    edited[0, 0, 0] ^= 1
     cache.get(edited)
     assert cache.stats.misses == 1
     for changed in (make_encoder(seed=1), make_encoder(storage_dtype="fp32")):
@@ -78,28 +80,67 @@ def test_what_misses_and_what_hits(encoder, bccd_images, tmp_path):
         assert (other.stats.hits, other.stats.misses) == (0, 1), changed.config
     # the other precision has other keys (not encoded here: bf16 on a CPU without native bf16 takes a minute an image)
     other_precision = "bf16" if encoder.config.autocast == "fp32" else "fp32"
-    assert FeatureCache(make_encoder(autocast=other_precision), tmp_path).key(bccd_images[0]) != cache.key(bccd_images[0])
-    assert FeatureCache(make_encoder(autocast=encoder.config.autocast), tmp_path).key(bccd_images[0]) == cache.key(bccd_images[0])
+    assert FeatureCache(make_encoder(autocast=other_precision), tmp_path).key(bccd_images[0]) != cache.key(
+        bccd_images[0]
+    )
+    assert FeatureCache(make_encoder(autocast=encoder.config.autocast), tmp_path).key(bccd_images[0]) == cache.key(
+        bccd_images[0]
+    )
     fp32 = FeatureCache(make_encoder(storage_dtype="fp32"), tmp_path).get(bccd_images[0], dtype=None)
     assert fp32["image_embedding"].dtype == torch.float32
 
 
 def damage(path, how, fingerprint):
-    if how == "truncated": path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    elif how == "empty": path.write_bytes(b"")
-    elif how == "random bytes": path.write_bytes(os.urandom(path.stat().st_size))
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "random bytes":
+        path.write_bytes(os.urandom(path.stat().st_size))
     elif how == "wrong shapes":
-        write_entry(path, dict(image_embedding=torch.zeros(256, 64, 64), interm_embedding=torch.zeros(64, 64, 768),
-                               original_hw=(480, 640), input_hw=(768, 1024)), fingerprint, torch.float16, 0.0)
+        write_entry(
+            path,
+            dict(
+                image_embedding=torch.zeros(256, 64, 64),
+                interm_embedding=torch.zeros(64, 64, 768),
+                original_hw=(480, 640),
+                input_hw=(768, 1024),
+            ),
+            fingerprint,
+            torch.float16,
+            0.0,
+        )
     elif how == "wrong dtype":
-        write_entry(path, dict(image_embedding=torch.zeros(256, 64, 64), interm_embedding=torch.zeros(64, 64, 160),
-                               original_hw=(480, 640), input_hw=(768, 1024)), fingerprint, torch.float32, 0.0)
+        write_entry(
+            path,
+            dict(
+                image_embedding=torch.zeros(256, 64, 64),
+                interm_embedding=torch.zeros(64, 64, 160),
+                original_hw=(480, 640),
+                input_hw=(768, 1024),
+            ),
+            fingerprint,
+            torch.float32,
+            0.0,
+        )
     elif how == "wrong fingerprint":
-        write_entry(path, dict(image_embedding=torch.zeros(256, 64, 64), interm_embedding=torch.zeros(64, 64, 160),
-                               original_hw=(480, 640), input_hw=(768, 1024)), "vit_tiny-0000000000000000", torch.float16, 0.0)
+        write_entry(
+            path,
+            dict(
+                image_embedding=torch.zeros(256, 64, 64),
+                interm_embedding=torch.zeros(64, 64, 160),
+                original_hw=(480, 640),
+                input_hw=(768, 1024),
+            ),
+            "vit_tiny-0000000000000000",
+            torch.float16,
+            0.0,
+        )
 
 
-@pytest.mark.parametrize("how", ["truncated", "empty", "random bytes", "wrong shapes", "wrong dtype", "wrong fingerprint"])
+@pytest.mark.parametrize(
+    "how", ["truncated", "empty", "random bytes", "wrong shapes", "wrong dtype", "wrong fingerprint"]
+)
 def test_corrupt_entries_are_counted_removed_and_recomputed(encoder, bccd_images, tmp_path, how):
     image = bccd_images[0]
     good = FeatureCache(encoder, tmp_path).get(image)
@@ -114,19 +155,24 @@ def test_corrupt_entries_are_counted_removed_and_recomputed(encoder, bccd_images
 
 
 def test_grayscale_rgba_and_unreadable_images(encoder, tmp_path):
-    gray = tmp_path / "gray.png"; Image.fromarray(np.arange(48 * 64, dtype=np.uint16).reshape(48, 64).astype(np.uint8)).save(gray)
-    rgba = tmp_path / "rgba.png"; Image.new("RGBA", (40, 30), (10, 200, 30, 128)).save(rgba)
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.arange(48 * 64, dtype=np.uint16).reshape(48, 64).astype(np.uint8)).save(gray)
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (40, 30), (10, 200, 30, 128)).save(rgba)
     feats = FeatureCache(encoder, tmp_path / "c").get_many([gray, rgba])
     assert feats[0]["original_hw"] == (48, 64) and feats[1]["original_hw"] == (30, 40)
     assert all(torch.isfinite(f["image_embedding"]).all() for f in feats)
-    bad = tmp_path / "not_an_image.jpg"; bad.write_text("hello")
-    with pytest.raises(ImageReadError, match="not_an_image.jpg: cannot read image"): FeatureCache(encoder, tmp_path / "c").get(bad)
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_text("hello")
+    with pytest.raises(ImageReadError, match="not_an_image.jpg: cannot read image"):
+        FeatureCache(encoder, tmp_path / "c").get(bad)
 
 
 def test_memory_layer_and_disk_limit(encoder, tmp_path):
     images = generated_images(tmp_path, 3)
     cache = FeatureCache(encoder, tmp_path / "c", memory_bytes=8 * 2**20)
-    cache.get_many(images); cache.get_many(images[1:])
+    cache.get_many(images)
+    cache.get_many(images[1:])
     assert cache.stats.memory_hits == 2 and cache.stats.bytes_read == 0
     entry = cache.disk_usage()["bytes"] // 3
     limited = FeatureCache(encoder, tmp_path / "c", max_disk_bytes=2 * entry)
@@ -149,7 +195,12 @@ print(cache.stats.hits, cache.stats.misses, cache.stats.corrupt)
 
 
 def warm_process(root, images):
-    return subprocess.Popen([sys.executable, "-c", WARM, str(root), *map(str, images)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", WARM, str(root), *map(str, images)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_two_processes_warming_the_same_cache(encoder, tmp_path):
@@ -163,7 +214,8 @@ def test_two_processes_warming_the_same_cache(encoder, tmp_path):
         assert hits + misses == 4 and corrupt == 0
     cache = FeatureCache(encoder, root)
     assert len(cache.entries()) == 4
-    for path in cache.entries(): read_entry(path, encoder.fingerprint, 160, torch.float16)
+    for path in cache.entries():
+        read_entry(path, encoder.fingerprint, 160, torch.float16)
     assert not list(root.rglob(".tmp-*"))
     cache.get_many(images)
     assert cache.stats.hits == 4
@@ -174,13 +226,19 @@ def test_killed_writer_never_leaves_a_corrupt_entry(encoder, tmp_path):
     root = tmp_path / "cache"
     proc = warm_process(root, images)
     deadline = time.time() + 240
-    def whole(): return [p for p in root.rglob("*.safetensors") if not p.name.startswith(".tmp-")]  # renamed into place
-    while len(whole()) < 2 and time.time() < deadline and proc.poll() is None: time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL); proc.wait()
+
+    def whole():
+        return [p for p in root.rglob("*.safetensors") if not p.name.startswith(".tmp-")]  # renamed into place
+
+    while len(whole()) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
     cache = FeatureCache(encoder, root)
     written = cache.entries()
     assert 2 <= len(written) < 6
-    for path in written: read_entry(path, encoder.fingerprint, 160, torch.float16)  # every named entry is whole
+    for path in written:
+        read_entry(path, encoder.fingerprint, 160, torch.float16)  # every named entry is whole
     cache.warm(images, progress=False)
     assert (cache.stats.hits, cache.stats.misses, cache.stats.corrupt) == (len(written), 6 - len(written), 0)
     cache.remove_stale_temporaries(max_age_s=0)
@@ -188,17 +246,25 @@ def test_killed_writer_never_leaves_a_corrupt_entry(encoder, tmp_path):
 
 
 def test_clear_removes_only_the_cache_layout(encoder, tmp_path):
-    keep = tmp_path / "my-notes.txt"; keep.write_text("mine")
+    keep = tmp_path / "my-notes.txt"
+    keep.write_text("mine")
     cache = FeatureCache(encoder, tmp_path)
     cache.get_many(generated_images(tmp_path, 1))
     assert cache.clear() == 1 and cache.disk_usage() == {"entries": 0, "bytes": 0}
     assert keep.read_text() == "mine"
 
 
-@pytest.mark.parametrize("header", [b"[1, 2]", b'{"image_embedding": 7}', b'{"__metadata__": "x"}',
-                                    b'{"image_embedding": {"dtype": "F16", "data_offsets": [0, 2]}}'])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"[1, 2]",
+        b'{"image_embedding": 7}',
+        b'{"__metadata__": "x"}',
+        b'{"image_embedding": {"dtype": "F16", "data_offsets": [0, 2]}}',
+    ],
+)
 def test_a_garbled_but_parseable_header_is_a_corrupt_entry(encoder, tmp_path, header):
-    "JSON of the wrong shape in an entry's header is counted as corrupt and recomputed, never an AttributeError or KeyError."
+    "JSON of the wrong shape in an entry's header is corrupt and recomputed, never an AttributeError or KeyError."
     cache = FeatureCache(encoder, tmp_path)
     image = generated_images(tmp_path, 1)[0]
     cache.get(image)

@@ -1,4 +1,5 @@
 "The `boxrefine` command, run as a user runs it."
+
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,9 @@ from PIL import Image
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "boxrefine.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "boxrefine.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_demo_trains_prints_the_tables_and_writes_the_pictures_twice(tmp_path):
@@ -20,18 +23,29 @@ def test_demo_trains_prints_the_tables_and_writes_the_pictures_twice(tmp_path):
         assert header[:4] == ["r", "boxes", "mean_iou", "iou_ge_0.75"]
         rows = [dict(zip(header, map(float, l.split()))) for l in lines[2:5]]
         assert [r["r"] for r in rows] == [0.1, 0.2, 0.4]
-        assert 0.75 < rows[0]["mean_iou"] < 0.87 and 0.6 < rows[1]["mean_iou"] < 0.72 and 0.4 < rows[2]["mean_iou"] < 0.52
+        assert (
+            0.75 < rows[0]["mean_iou"] < 0.87 and 0.6 < rows[1]["mean_iou"] < 0.72 and 0.4 < rows[2]["mean_iou"] < 0.52
+        )
         assert all(0 < r["loss"] < 5 and r["pixel_l1"] > 10 * r["loss"] for r in rows)
-        table = {l.split("|")[1].strip(): [float(v) for v in l.split("|")[2:-1]] for l in lines
-                 if l.startswith(("| noisy", "| prior", "| fine-tuned"))}
+        table = {
+            l.split("|")[1].strip(): [float(v) for v in l.split("|")[2:-1]]
+            for l in lines
+            if l.startswith(("| noisy", "| prior", "| fine-tuned"))
+        }
         assert set(table) == {"noisy", "prior", "fine-tuned", "fine-tuned, no gate"}
         assert abs(table["noisy"][0] - 0.673) < 0.01  # mean IoU of the 8 validation images' noisy boxes
-        assert table["prior"][0] > table["noisy"][0] + 0.05 and 0.5 < table["fine-tuned"][0] <= 1  # the prior helps before training
+        assert (
+            table["prior"][0] > table["noisy"][0] + 0.05 and 0.5 < table["fine-tuned"][0] <= 1
+        )  # the prior helps before training
         assert any(l.startswith("before training: the shipped prior") for l in lines)
         assert any(l.startswith("fine-tuned: ") and "% of boxes improved" in l for l in lines)
-        with Image.open(tmp_path / "out" / "noise.png") as im: assert im.size[0] > 1000 and im.size[1] > 300
-        with Image.open(tmp_path / "out" / "refined.png") as im: assert im.size[0] >= 600
-        assert (tmp_path / "out" / "run" / "best.pt").exists() and len((tmp_path / "out" / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+        with Image.open(tmp_path / "out" / "noise.png") as im:
+            assert im.size[0] > 1000 and im.size[1] > 300
+        with Image.open(tmp_path / "out" / "refined.png") as im:
+            assert im.size[0] >= 600
+        assert (tmp_path / "out" / "run" / "best.pt").exists() and len(
+            (tmp_path / "out" / "run" / "metrics.jsonl").read_text().splitlines()
+        ) == 3
 
 
 def test_unknown_command_fails_with_usage():
@@ -59,7 +73,11 @@ def test_cache_command_warms_then_hits_then_reports_and_clears(tmp_path):
     assert first.returncode == 0, first.stderr
     cold = json.loads(first.stdout)
     assert {"hits", "misses", "corrupt", "hit_rate", "bytes_read", "bytes_written", "encoder_calls"} <= set(cold)
-    assert (cold["hits"], cold["misses"], cold["corrupt"]) == (0, 2, 0) and cold["encoder_calls"] >= 1 and cold["bytes_written"] > 0
+    assert (
+        (cold["hits"], cold["misses"], cold["corrupt"]) == (0, 2, 0)
+        and cold["encoder_calls"] >= 1
+        and cold["bytes_written"] > 0
+    )
     assert "RANDOM weights" in first.stderr  # said loudly, on stderr, so --json output stays one JSON object
     warm = json.loads(run(*args).stdout)
     assert (warm["hits"], warm["misses"], warm["encoder_calls"], warm["hit_rate"]) == (2, 0, 0, 1.0)
@@ -72,20 +90,43 @@ def test_cache_command_warms_then_hits_then_reports_and_clears(tmp_path):
 
 def test_eval_command_writes_the_contract(tmp_path):
     out = tmp_path / "eval.json"
-    done = run("eval", *SAMPLE, "--split", "val", "--max-images", "2", "--noise", "0.2", "--cache-dir", str(tmp_path / "c"), "--json", str(out))
+    done = run(
+        "eval",
+        *SAMPLE,
+        "--split",
+        "val",
+        "--max-images",
+        "2",
+        "--noise",
+        "0.2",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--json",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert (result["n_images"], result["noise"], result["seed"], result["split"]) == (2, 0.2, 0, "val")
     assert result["n_boxes"] == result["methods"]["noisy"]["n_boxes"] > 0
     assert set(result["methods"]) == {"noisy", "sam", "refined"} and result["refiner"].startswith("the shipped prior")
-    for method in result["methods"].values(): assert set(METRIC_KEYS) <= set(method)
+    for method in result["methods"].values():
+        assert set(METRIC_KEYS) <= set(method)
     assert result["encoder"]["random_weights"] is True and "RANDOM weights" in done.stdout
     assert "| noisy |" in done.stdout and "| sam |" in done.stdout
 
 
 def test_eval_noisy_baseline_on_bccd_test(bccd_annotations, tmp_path):
     out = tmp_path / "eval.json"
-    done = run("eval", "--ann", str(bccd_annotations), "--images", str(bccd_annotations.parent / "images"), "--no-sam", "--json", str(out))
+    done = run(
+        "eval",
+        "--ann",
+        str(bccd_annotations),
+        "--images",
+        str(bccd_annotations.parent / "images"),
+        "--no-sam",
+        "--json",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert (result["n_images"], result["split"], set(result["methods"])) == (72, "test", {"noisy", "refined"})
@@ -94,7 +135,12 @@ def test_eval_noisy_baseline_on_bccd_test(bccd_annotations, tmp_path):
 
 def test_user_errors_are_one_line(tmp_path):
     done = run("eval", *SAMPLE, "--no-sam")  # the sample has no test split
-    assert done.returncode == 2 and "Traceback" not in done.stderr and "boxrefine eval: error:" in done.stderr and "test" in done.stderr
+    assert (
+        done.returncode == 2
+        and "Traceback" not in done.stderr
+        and "boxrefine eval: error:" in done.stderr
+        and "test" in done.stderr
+    )
     same = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--json", str(sample_paths().annotations))
     assert same.returncode == 2 and "would overwrite the input annotations" in same.stderr
 
@@ -105,13 +151,25 @@ def test_eval_and_demo_never_overwrite_what_they_did_not_make(tmp_path):
     done = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--json", str(existing))
     assert done.returncode == 2 and "exists" in done.stderr and existing.read_text() == "{}"
     bad_noise = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--noise", "1.5")
-    assert bad_noise.returncode == 2 and "--noise must be in [0, 1)" in bad_noise.stderr and "Traceback" not in bad_noise.stderr
+    assert (
+        bad_noise.returncode == 2
+        and "--noise must be in [0, 1)" in bad_noise.stderr
+        and "Traceback" not in bad_noise.stderr
+    )
     not_a_run = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--run", str(existing))
-    assert not_a_run.returncode == 2 and "is not a boxrefine refiner" in not_a_run.stderr and "Traceback" not in not_a_run.stderr
+    assert (
+        not_a_run.returncode == 2
+        and "is not a boxrefine refiner" in not_a_run.stderr
+        and "Traceback" not in not_a_run.stderr
+    )
     (tmp_path / "demo" / "run").mkdir(parents=True)
     (tmp_path / "demo" / "run" / "mine.txt").write_text("keep me")
     demo = run("demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
-    assert demo.returncode == 2 and "is not a demo run" in demo.stderr and (tmp_path / "demo" / "run" / "mine.txt").exists()
+    assert (
+        demo.returncode == 2
+        and "is not a demo run" in demo.stderr
+        and (tmp_path / "demo" / "run" / "mine.txt").exists()
+    )
 
 
 def test_eval_scores_systematic_errors_and_refuses_unknown_kinds(tmp_path):
@@ -138,11 +196,17 @@ def test_refine_and_eval_use_the_prior_and_report_what_the_gate_did(tmp_path):
     assert "refiner: the shipped prior (" in done.stdout and "kept" in done.stdout
     anns = [a for a in json.loads(out.read_text())["annotations"] if "quality" in a]
     assert anns and all(isinstance(a["moved"], bool) and 0 <= a["quality"] <= 1 for a in anns)
-    assert sum(a["moved"] for a in anns) <= 0.2 * len(anns)  # the sample's boxes are its true boxes: the gate keeps most
+    assert sum(a["moved"] for a in anns) <= 0.2 * len(
+        anns
+    )  # the sample's boxes are its true boxes: the gate keeps most
     assert all(a["bbox"] == a["bbox_input"] for a in anns if not a["moved"])
     kept = tmp_path / "kept.json"
     assert run("refine", *SAMPLE, "--max-images", "3", "--out", str(kept), "--min-gain", "2").returncode == 0
-    assert all(a["bbox"] == a["bbox_input"] and not a["moved"] for a in json.loads(kept.read_text())["annotations"] if "moved" in a)
+    assert all(
+        a["bbox"] == a["bbox_input"] and not a["moved"]
+        for a in json.loads(kept.read_text())["annotations"]
+        if "moved" in a
+    )
     every = tmp_path / "every.json"  # a margin below any predicted loss takes every proposal
     assert run("refine", *SAMPLE, "--max-images", "3", "--out", str(every), "--min-gain", "-1").returncode == 0
     assert all(a["moved"] for a in json.loads(every.read_text())["annotations"] if "moved" in a)
@@ -155,22 +219,52 @@ def test_refine_and_eval_use_the_prior_and_report_what_the_gate_did(tmp_path):
 
 
 def test_bad_inputs_end_with_one_line(tmp_path):
-    "A folder as --ann, an info that is not a mapping, --max-images 0, a split without boxes: one line each, nothing written."
-    cases = [(["eval", "--ann", str(tmp_path), "--images", str(tmp_path), "--no-sam"], "not a COCO JSON file"),
-             (["eval", *SAMPLE, "--split", "val", "--no-sam", "--max-images", "0"], "--max-images must be >= 1")]
+    "A folder as --ann, an info that is not a mapping, --max-images 0, a split without boxes: one line each, no file."
+    cases = [
+        (["eval", "--ann", str(tmp_path), "--images", str(tmp_path), "--no-sam"], "not a COCO JSON file"),
+        (["eval", *SAMPLE, "--split", "val", "--no-sam", "--max-images", "0"], "--max-images must be >= 1"),
+    ]
     coco = json.loads(sample_paths().annotations.read_text())
     coco["info"] = ["not", "a", "mapping"]
     bad_info = tmp_path / "info.json"
     bad_info.write_text(json.dumps(coco))
-    cases.append((["refine", "--ann", str(bad_info), "--images", str(sample_paths().images), "--out", str(tmp_path / "o.json")],
-                  "'info' must be a mapping"))
+    cases.append(
+        (
+            [
+                "refine",
+                "--ann",
+                str(bad_info),
+                "--images",
+                str(sample_paths().images),
+                "--out",
+                str(tmp_path / "o.json"),
+            ],
+            "'info' must be a mapping",
+        )
+    )
     empty = json.loads(sample_paths().annotations.read_text())
     val_ids = {im["id"] for im in empty["images"] if im["split"] == "val"}
     empty["annotations"] = [a for a in empty["annotations"] if a["image_id"] not in val_ids]
     (tmp_path / "empty.json").write_text(json.dumps(empty))
-    cases.append((["eval", "--ann", str(tmp_path / "empty.json"), "--images", str(sample_paths().images), "--split", "val", "--no-sam"],
-                  "holds no boxes to evaluate"))
+    cases.append(
+        (
+            [
+                "eval",
+                "--ann",
+                str(tmp_path / "empty.json"),
+                "--images",
+                str(sample_paths().images),
+                "--split",
+                "val",
+                "--no-sam",
+            ],
+            "holds no boxes to evaluate",
+        )
+    )
     for args, message in cases:
         done = run(*args)
-        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, (
+            args,
+            done.stderr,
+        )
     assert not (tmp_path / "o.json").exists()

@@ -1,4 +1,5 @@
 "The offline docs site: built from the notebooks without Quarto, and checked in a real headless Chromium."
+
 import re
 import sys
 from pathlib import Path
@@ -9,7 +10,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import docs  # noqa: E402
 
-PAGES = {"index": "boxrefine", "boxes": "Boxes", "loss": "The box loss", "data": "Data", "widgets": "Pictures and widgets", "cli": "Command line"}
+PAGES = {
+    "index": "boxrefine",
+    "boxes": "Boxes",
+    "loss": "The box loss",
+    "data": "Data",
+    "widgets": "Pictures and widgets",
+    "cli": "Command line",
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +57,8 @@ def test_site_renders_in_headless_chromium(site):
     assert report["index.html"]["figures"] >= 1
     assert report["boxes.html"]["title"].startswith("Boxes") and report["boxes.html"]["figures"] >= 1
     assert report["loss.html"]["figures"] >= 2
-    for page, seen in report.items(): assert seen["external"] == [], (page, seen["external"])
+    for page, seen in report.items():
+        assert seen["external"] == [], (page, seen["external"])
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
 

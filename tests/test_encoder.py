@@ -1,4 +1,5 @@
 "The HQ-SAM encoder: safe checkpoint loading, exact preprocessing, batching, fingerprints, the box-prompted decoder."
+
 import warnings
 
 import numpy as np
@@ -7,8 +8,18 @@ import torch
 from PIL import Image
 
 from boxrefine.data import sample_paths
-from boxrefine.encoder import (CheckpointError, Encoder, EncoderConfig, ImageTransform, RandomWeightsWarning, box_masks,
-                               build_sam, encoder_fingerprint, load_rgb, preprocess)
+from boxrefine.encoder import (
+    CheckpointError,
+    Encoder,
+    EncoderConfig,
+    ImageTransform,
+    RandomWeightsWarning,
+    box_masks,
+    build_sam,
+    encoder_fingerprint,
+    load_rgb,
+    preprocess,
+)
 
 
 def quiet(fn, *a, **kw):
@@ -38,6 +49,7 @@ def test_random_weights_warn_loudly_and_are_deterministic(sam):
 
 def test_preprocessing_equals_sam_predictor(sam, image_path):
     from segment_anything_hq import SamPredictor
+
     predictor = SamPredictor(sam)
     rgb = np.array(Image.open(image_path).convert("RGB"))
     captured = {}
@@ -51,6 +63,7 @@ def test_preprocessing_equals_sam_predictor(sam, image_path):
 @pytest.mark.parametrize("hw", [(480, 640), (333, 1000), (1000, 333), (1024, 1024), (17, 2000)])
 def test_transform_matches_resize_longest_side(hw):
     from segment_anything_hq.utils.transforms import ResizeLongestSide
+
     rls = ResizeLongestSide(1024)
     t = ImageTransform.for_image(hw)
     assert t.input_hw == rls.get_preprocess_shape(*hw, 1024)
@@ -64,7 +77,8 @@ def test_image_kinds_become_rgb(tmp_path):
     assert load_rgb(gray).shape == load_rgb(rgba).shape == (5, 6, 3)
     # EXIF orientation 6 (rotate 90 degrees clockwise to display): a 6x4 stored image shows as 4 wide, 6 high
     stored = Image.new("RGB", (6, 4), (255, 0, 0))
-    exif = stored.getexif(); exif[0x0112] = 6
+    exif = stored.getexif()
+    exif[0x0112] = 6
     stored.save(tmp_path / "rotated.jpg", exif=exif)
     assert load_rgb(tmp_path / "rotated.jpg").shape == (6, 4, 3)
 
@@ -72,7 +86,7 @@ def test_image_kinds_become_rgb(tmp_path):
 def test_checkpoints_load_safely_and_refuse_mismatches(sam, tmp_path, image_path, monkeypatch):
     good = tmp_path / "sam_hq_vit_tiny.pth"
     torch.save(sam.state_dict(), good)
-    # loading into a model built from another seed must give exactly the saved model's output (TinyViT's bias cache refreshed)
+    # a model built from another seed, loaded, gives exactly the saved model's output (TinyViT's bias cache refreshed)
     loaded = build_sam(EncoderConfig(checkpoint=str(good), seed=7))
     x = preprocess(sam, image_path)[0][None]
     with torch.inference_mode():
@@ -80,15 +94,23 @@ def test_checkpoints_load_safely_and_refuse_mismatches(sam, tmp_path, image_path
     monkeypatch.setenv("BOXREFINE_CHECKPOINT", str(good))
     assert EncoderConfig().resolved_checkpoint() == good
     with warnings.catch_warnings():
-        warnings.simplefilter("error", RandomWeightsWarning)  # a checkpoint from the environment: no random-weights warning
+        warnings.simplefilter(
+            "error", RandomWeightsWarning
+        )  # a checkpoint from the environment: no random-weights warning
         build_sam(EncoderConfig())
     monkeypatch.delenv("BOXREFINE_CHECKPOINT")
     (tmp_path / "cut.pth").write_bytes(good.read_bytes()[: good.stat().st_size // 3])
     (tmp_path / "text.pth").write_text("hello")
     torch.save({"model": {"x": torch.zeros(1)}}, tmp_path / "other.pth")
-    cases = {"missing.pth": "does not exist", "cut.pth": r"cannot be read \(truncated", "text.pth": "cannot be read", "other.pth": "does not fit vit_tiny"}
+    cases = {
+        "missing.pth": "does not exist",
+        "cut.pth": r"cannot be read \(truncated",
+        "text.pth": "cannot be read",
+        "other.pth": "does not fit vit_tiny",
+    }
     for name, message in cases.items():
-        with pytest.raises(CheckpointError, match=message) as e: build_sam(EncoderConfig(checkpoint=str(tmp_path / name)))
+        with pytest.raises(CheckpointError, match=message) as e:
+            build_sam(EncoderConfig(checkpoint=str(tmp_path / name)))
         assert name in str(e.value) and "sam_hq_vit_tiny.pth" in str(e.value)
     with pytest.raises(CheckpointError, match="does not fit vit_b: .* shape mismatches"):
         build_sam(EncoderConfig(model_type="vit_b", checkpoint=str(good)))
@@ -96,10 +118,20 @@ def test_checkpoints_load_safely_and_refuse_mismatches(sam, tmp_path, image_path
 
 def test_fingerprint_changes_with_every_setting():
     base = EncoderConfig(autocast="bf16")
-    prints = {encoder_fingerprint(c, "tensors:abc") for c in [base, EncoderConfig(autocast="fp32"), EncoderConfig(storage_dtype="bf16"), EncoderConfig(model_type="vit_b")]}
+    prints = {
+        encoder_fingerprint(c, "tensors:abc")
+        for c in [
+            base,
+            EncoderConfig(autocast="fp32"),
+            EncoderConfig(storage_dtype="bf16"),
+            EncoderConfig(model_type="vit_b"),
+        ]
+    }
     prints.add(encoder_fingerprint(base, "tensors:abd"))
     assert len(prints) == 5
-    assert encoder_fingerprint(base, "tensors:abc") == encoder_fingerprint(EncoderConfig(autocast="bf16", batch_size=7, device="cpu"), "tensors:abc")  # not feature-changing
+    assert encoder_fingerprint(base, "tensors:abc") == encoder_fingerprint(
+        EncoderConfig(autocast="bf16", batch_size=7, device="cpu"), "tensors:abc"
+    )  # not feature-changing
     assert quiet(Encoder).fingerprint == quiet(Encoder).fingerprint
 
 
@@ -109,7 +141,9 @@ def test_encode_batches_and_box_masks(image_path):
     feats = encoder.encode(images)
     assert (encoder.calls, encoder.images) == (2, 3)
     assert [f["original_hw"] for f in feats] == [(480, 640), (300, 200), (480, 640)]
-    assert all(f["image_embedding"].shape == (256, 64, 64) and f["interm_embedding"].shape == (64, 64, 160) for f in feats)
+    assert all(
+        f["image_embedding"].shape == (256, 64, 64) and f["interm_embedding"].shape == (64, 64, 160) for f in feats
+    )
     assert all(f["image_embedding"].dtype == torch.float32 and not f["image_embedding"].is_inference() for f in feats)
     logits, iou = box_masks(encoder.sam, feats[1], torch.tensor([[10.0, 10, 100, 120], [0, 0, 200, 300]]))
     assert logits.shape == (2, 300, 200) and iou.shape == (2,) and torch.isfinite(logits).all()
@@ -118,6 +152,7 @@ def test_encode_batches_and_box_masks(image_path):
 def test_auto_precision_is_resolved_into_the_fingerprint():
     "auto becomes this machine's choice: the same fingerprint as asking for that precision, never the word auto."
     from boxrefine.machine import choose_precision
+
     auto = quiet(Encoder)
     assert auto.config.autocast == choose_precision("auto", "cpu").precision
     assert auto.fingerprint == quiet(Encoder, EncoderConfig(autocast=auto.config.autocast)).fingerprint

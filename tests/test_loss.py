@@ -1,4 +1,5 @@
 "The box loss: agreement with torchvision, gradients on hard cases, properties over random boxes, strict input."
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -73,7 +74,8 @@ def test_gradient_finite_and_nonzero_where_pred_differs(name):
     assert torch.isfinite(loss) and torch.isfinite(grad).all(), (name, loss, grad)
     differs = pred[0].detach() != target[0]
     assert (grad[differs] != 0).all(), (name, grad)
-    if not differs.any(): assert loss.item() == 0.0
+    if not differs.any():
+        assert loss.item() == 0.0
 
 
 quarter_px = st.integers(0, 2400).map(lambda v: v / 4)
@@ -82,10 +84,12 @@ quarter_px = st.integers(0, 2400).map(lambda v: v / 4)
 @st.composite
 def box_pairs(draw):
     n = draw(st.integers(1, 6))
+
     def box():
         x1, x2 = sorted((draw(quarter_px), draw(quarter_px)))
         y1, y2 = sorted((draw(quarter_px), draw(quarter_px)))
         return [x1, y1, x2, y2]
+
     pred = [box() for _ in range(n)]
     target = [p if draw(st.booleans()) else box() for p in pred]  # many equal pairs, so "zero iff equal" is exercised
     return torch.tensor(pred), torch.tensor(target)
@@ -96,7 +100,8 @@ def box_pairs(draw):
 def test_loss_is_finite_nonnegative_and_zero_iff_equal(pair, dtype):
     pred, target = (b.to(dtype) for b in pair)
     parts = box_loss(pred, target, (600, 600))
-    for v in parts: assert torch.isfinite(v) and v.item() >= 0
+    for v in parts:
+        assert torch.isfinite(v) and v.item() >= 0
     per_box_giou = giou_loss(pred, target)
     assert ((per_box_giou >= 0) & (per_box_giou <= 2)).all()
     assert (parts.total.item() == 0) == torch.equal(pred, target)
@@ -114,24 +119,32 @@ def test_gradient_finite_for_any_valid_boxes(pair):
 OK = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]])
 
 
-@pytest.mark.parametrize("pred, target, message", [
-    (OK, OK[:1], "pred has 2 boxes but target has 1"),
-    (OK[:1], OK, "pred has 1 boxes but target has 2"),
-    (OK[0], OK[0], "pred must have shape (N, 4)"),
-    (OK, OK.T, "target must have shape (N, 4), got (4, 2)"),
-    (OK, torch.tensor([[0.0, 0, 10, 10], [5, 5, float("nan"), 20]]), "target[1] = [5, 5, nan, 20] is not finite"),
-    (torch.tensor([[0.0, 0, 10, 10], [20, 5, 5, 20]]), OK, "pred[1] = [20, 5, 5, 20] is inverted"),
-    (OK, OK.to("meta"), "pred is on cpu but target is on meta"),
-    (OK[:0], OK[:0], "no boxes"),
-    (OK.int(), OK.int(), "floating-point"),
-])
+@pytest.mark.parametrize(
+    "pred, target, message",
+    [
+        (OK, OK[:1], "pred has 2 boxes but target has 1"),
+        (OK[:1], OK, "pred has 1 boxes but target has 2"),
+        (OK[0], OK[0], "pred must have shape (N, 4)"),
+        (OK, OK.T, "target must have shape (N, 4), got (4, 2)"),
+        (OK, torch.tensor([[0.0, 0, 10, 10], [5, 5, float("nan"), 20]]), "target[1] = [5, 5, nan, 20] is not finite"),
+        (torch.tensor([[0.0, 0, 10, 10], [20, 5, 5, 20]]), OK, "pred[1] = [20, 5, 5, 20] is inverted"),
+        (OK, OK.to("meta"), "pred is on cpu but target is on meta"),
+        (OK[:0], OK[:0], "no boxes"),
+        (OK.int(), OK.int(), "floating-point"),
+    ],
+)
 def test_invalid_input_raises_box_error(pred, target, message):
-    with pytest.raises(BoxError) as e: box_loss(pred, target, HW)
+    with pytest.raises(BoxError) as e:
+        box_loss(pred, target, HW)
     assert message in str(e.value)
 
 
 def test_bad_image_sizes_and_config():
-    with pytest.raises(BoxError, match="finite and positive"): box_loss(OK, OK, (0, 640))
-    with pytest.raises(BoxError, match=r"image_hw must be \(height, width\) or \(2, 2\)"): box_loss(OK, OK, torch.ones(3, 2))
-    with pytest.raises(ValueError, match="giou_weight must be a finite number >= 0"): LossConfig(giou_weight=-1)
-    with pytest.raises(ValueError, match="eps must be"): LossConfig(eps=float("inf"))
+    with pytest.raises(BoxError, match="finite and positive"):
+        box_loss(OK, OK, (0, 640))
+    with pytest.raises(BoxError, match=r"image_hw must be \(height, width\) or \(2, 2\)"):
+        box_loss(OK, OK, torch.ones(3, 2))
+    with pytest.raises(ValueError, match="giou_weight must be a finite number >= 0"):
+        LossConfig(giou_weight=-1)
+    with pytest.raises(ValueError, match="eps must be"):
+        LossConfig(eps=float("inf"))

@@ -1,4 +1,5 @@
 "Precision by device: what auto picks where bf16 is native and where it is not, and what a run records."
+
 import json
 import os
 import subprocess
@@ -19,12 +20,15 @@ with warnings.catch_warnings(record=True) as caught:
     explicit = choose_precision("bf16", "cpu")
 print(json.dumps({"native": native_bf16(torch.device("cpu")), "capability": torch.backends.cpu.get_cpu_capability(),
                   "auto": choose_precision("auto", "cpu").precision, "reason": choose_precision("auto", "cpu").reason,
-                  "explicit": explicit.precision, "warnings": [str(w.message) for w in caught if w.category is SlowPrecisionWarning]}))
+                  "explicit": explicit.precision,
+                  "warnings": [str(w.message) for w in caught if w.category is SlowPrecisionWarning]}))
 """
 
 
 def choices(env: dict) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHOICES], capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", CHOICES], capture_output=True, text=True, env={**os.environ, **env}, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -50,8 +54,14 @@ def test_a_run_records_its_precision_in_every_epoch(tmp_path):
     from boxrefine.data import load_sample
     from boxrefine.config import load_config
     from boxrefine.train import split_records, train_refiner
+
     train, val = split_records(load_sample(verbose=False).records, load_config().data)
-    learn = train_refiner(load_config(overrides=["training.epochs=1", "data.batch_size=2"]), train[:2], val[:2], tmp_path / "run",
-                          progress=False)
+    learn = train_refiner(
+        load_config(overrides=["training.epochs=1", "data.batch_size=2"]),
+        train[:2],
+        val[:2],
+        tmp_path / "run",
+        progress=False,
+    )
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["precision"] == learn.precision in ("bf16", "fp32")

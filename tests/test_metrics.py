@@ -1,4 +1,5 @@
-"Metrics on hand cases and random boxes, COCO AP against a direct pycocotools evaluation, and the noisy baseline on BCCD test."
+"Metrics on hand cases and random boxes, COCO AP against pycocotools directly, and the noisy baseline on BCCD test."
+
 import json
 
 import pytest
@@ -8,8 +9,17 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from boxrefine.data import ImageBoxes, NoiseConfig, load_coco, load_sample
-from boxrefine.metrics import (METRIC_KEYS, TABLE_COLUMNS, box_metrics, coco_ap, edge_errors, evaluate_boxes, metrics_table,
-                               noisy_baseline, size_buckets)
+from boxrefine.metrics import (
+    METRIC_KEYS,
+    TABLE_COLUMNS,
+    box_metrics,
+    coco_ap,
+    edge_errors,
+    evaluate_boxes,
+    metrics_table,
+    noisy_baseline,
+    size_buckets,
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +46,10 @@ def test_size_bucket_bounds_follow_coco():
     areas = torch.tensor([0.0, 1023, 1024, 9216, 9217]).sqrt()
     boxes = torch.stack([torch.zeros(5), torch.zeros(5), areas, areas], 1)
     assert {k: v.tolist() for k, v in size_buckets(boxes).items()} == {
-        "small": [True, True, False, False, False], "medium": [False, False, True, True, False], "large": [False] * 4 + [True]}
+        "small": [True, True, False, False, False],
+        "medium": [False, False, True, True, False],
+        "large": [False] * 4 + [True],
+    }
 
 
 def test_edge_error_of_a_degenerate_true_box_is_finite():
@@ -45,7 +58,8 @@ def test_edge_error_of_a_degenerate_true_box_is_finite():
 
 
 box = st.tuples(st.integers(0, 400), st.integers(0, 400), st.integers(1, 200), st.integers(1, 200)).map(
-    lambda b: [b[0], b[1], b[0] + b[2], b[1] + b[3]])
+    lambda b: [b[0], b[1], b[0] + b[2], b[1] + b[3]]
+)
 
 
 @settings(max_examples=100, deadline=None)
@@ -55,7 +69,9 @@ def test_box_metrics_are_consistent_and_scale_free(pairs, k):
     m, scaled = box_metrics(pred, true), box_metrics(pred * k, true * k)
     assert 0 <= m["iou_ge_0.9"] <= m["iou_ge_0.75"] <= m["iou_ge_0.5"] <= 1 and 0 <= m["mean_iou"] <= 1
     assert sum(v["n_boxes"] for v in m["by_size"].values()) == len(pairs)
-    assert scaled["mean_iou"] == pytest.approx(m["mean_iou"], abs=1e-5) and scaled["edge_frac"] == pytest.approx(m["edge_frac"], rel=1e-5)
+    assert scaled["mean_iou"] == pytest.approx(m["mean_iou"], abs=1e-5) and scaled["edge_frac"] == pytest.approx(
+        m["edge_frac"], rel=1e-5
+    )
     assert scaled["edge_px"] == pytest.approx(k * m["edge_px"], rel=1e-5)
     assert box_metrics(true, true)["mean_iou"] == 1.0 and box_metrics(true, true)["edge_px"] == 0.0
 
@@ -69,7 +85,9 @@ def test_ground_truth_against_itself_scores_one(bccd_test):
 def test_crowded_images_are_scored_on_all_their_boxes():
     "COCO keeps 100 boxes per image; we raise the limit so a refined crowded image is scored on every box."
     xy = torch.arange(150, dtype=torch.float32)[:, None] * torch.tensor([6.0, 0])
-    crowd = ImageBoxes(1, "1.jpg", None, (100, 1000), None, torch.cat([xy, xy + 5], 1), torch.ones(150, dtype=torch.int64))
+    crowd = ImageBoxes(
+        1, "1.jpg", None, (100, 1000), None, torch.cat([xy, xy + 5], 1), torch.ones(150, dtype=torch.int64)
+    )
     assert coco_ap([crowd], [crowd.boxes])["ap"] == 1.0
 
 
@@ -80,8 +98,11 @@ def direct_pycocotools(bccd_annotations, records, pred, scores, tmp_path, capsys
     coco["images"] = [im for im in coco["images"] if im["id"] in ids]
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
     (tmp_path / "gt.json").write_text(json.dumps(coco))
-    results = [{"image_id": r.id, "category_id": int(c), "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)}
-               for r, p, sc in zip(records, pred, scores) for (x1, y1, x2, y2), c, s in zip(p.tolist(), r.category_ids, sc)]
+    results = [
+        {"image_id": r.id, "category_id": int(c), "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)}
+        for r, p, sc in zip(records, pred, scores)
+        for (x1, y1, x2, y2), c, s in zip(p.tolist(), r.category_ids, sc)
+    ]
     (tmp_path / "dt.json").write_text(json.dumps(results))
     gt = COCO(str(tmp_path / "gt.json"))
     E = COCOeval(gt, gt.loadRes(str(tmp_path / "dt.json")), "bbox")
@@ -103,10 +124,13 @@ def test_our_ap_is_pycocotools_ap_on_bccd_test(bccd_annotations, bccd_test, tmp_
 
 
 def test_noisy_baseline_on_bccd_test(bccd_test):
-    "The noisy-input baseline on BCCD's test split: mean IoU where the noise model puts it (OA-MIL: 0.81 / 0.66 / 0.55)."
+    "The noisy-input baseline on BCCD's test split: mean IoU where the noise model puts it (OA-MIL: 0.81/0.66/0.55)."
     rows = {f"r = {r}": noisy_baseline(bccd_test, NoiseConfig(r=r)) for r in (0.1, 0.2, 0.3)}
     n = rows["r = 0.2"]["n_boxes"]
-    print(f"\nnoisy baseline on BCCD test ({len(bccd_test)} images, {n} boxes), score 1.0:\n" + metrics_table(rows, label="noise"))
+    print(
+        f"\nnoisy baseline on BCCD test ({len(bccd_test)} images, {n} boxes), score 1.0:\n"
+        + metrics_table(rows, label="noise")
+    )
     assert n == sum(len(r.boxes) for r in bccd_test) and len(bccd_test) == 72
     assert abs(rows["r = 0.2"]["mean_iou"] - 0.66) < 0.03
     assert abs(rows["r = 0.1"]["mean_iou"] - 0.81) < 0.03 and abs(rows["r = 0.3"]["mean_iou"] - 0.55) < 0.03
@@ -130,7 +154,8 @@ def test_pairing_errors_name_the_image():
         evaluate_boxes(records, [records[0].boxes])
     with pytest.raises(ValueError, match=f"pred of image {records[1].id} has 1 boxes"):
         evaluate_boxes(records, [records[0].boxes, records[1].boxes[:1]])
-    with pytest.raises(ValueError, match="no images to evaluate"): evaluate_boxes([], [])
+    with pytest.raises(ValueError, match="no images to evaluate"):
+        evaluate_boxes([], [])
 
 
 def test_metrics_table_lists_every_column():

@@ -1,4 +1,5 @@
-"The shipped prior: a small safetensors file that loads without unpickling and refines the bundled sample better than its input."
+"The shipped prior: a small safetensors file that loads without unpickling and refines the bundled sample."
+
 import torch
 
 from boxrefine.boxes import elementwise_iou
@@ -18,7 +19,9 @@ def test_the_prior_refines_the_bundled_sample_better_than_the_input():
     for noise, gain in ((NoiseConfig(r=0.2, seed=3), 0.03), (NoiseConfig(r=0.2, seed=3, errors="larger"), 0.02)):
         noisy = [noise.noisy(r) for r in records]
         refined = [prior.refine(r.path, n)[0] for r, n in zip(records, noisy)]
-        before, after = (torch.cat([elementwise_iou(b, r.boxes) for b, r in zip(boxes, records)]) for boxes in (noisy, refined))
+        before, after = (
+            torch.cat([elementwise_iou(b, r.boxes) for b, r in zip(boxes, records)]) for boxes in (noisy, refined)
+        )
         assert after.mean() > before.mean() + gain, (noise.errors, before.mean(), after.mean())
     clean = [prior.refine(r.path, r.boxes)[0] for r in records]  # do no harm: clean boxes stay near where they are
     iou = torch.cat([elementwise_iou(c, r.boxes) for c, r in zip(clean, records)])

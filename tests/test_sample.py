@@ -1,4 +1,5 @@
 "The bundled sample: small, real, licensed, shipped as package data, and readable through the normal path."
+
 import json
 from pathlib import Path
 
@@ -14,7 +15,8 @@ def test_sample_is_small_and_from_train_and_val():
     assert {im["split"] for im in coco["images"]} <= {"train", "val"}
     size = sum(f.stat().st_size for f in paths.images.iterdir() if f.is_file())
     assert size <= 2 * 1024 * 1024, size
-    for im in coco["images"]: assert (paths.images / im["file_name"]).is_file(), im
+    for im in coco["images"]:
+        assert (paths.images / im["file_name"]).is_file(), im
     assert "MIT License" in paths.licence.read_text()
     assert "BCCD" in paths.attribution.read_text()
 
@@ -22,7 +24,9 @@ def test_sample_is_small_and_from_train_and_val():
 def test_sample_files_are_all_declared_package_data():
     "Every file of the sample must match a `package_data` pattern, or a wheel would ship without it."
     from configparser import ConfigParser
-    cfg = ConfigParser(delimiters=["="]); cfg.read(ROOT / "settings.ini")
+
+    cfg = ConfigParser(delimiters=["="])
+    cfg.read(ROOT / "settings.ini")
     patterns = cfg["DEFAULT"]["package_data"].split()
     root = ROOT / "boxrefine"
     declared = {p for pattern in patterns for p in root.glob(pattern)}
@@ -40,5 +44,6 @@ def test_sample_loads_like_a_user_dataset():
 def test_package_never_reads_shared_data():
     "No module refers to the workplace's ../shared/data folder (the tests and benchmarks may; the package may not)."
     import re
+
     for module in (ROOT / "boxrefine").glob("*.py"):
         assert not re.search(r"shared[/\\]+data|\.\.[/\\]+shared|BOXREFINE_BCCD", module.read_text()), module

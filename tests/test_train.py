@@ -1,4 +1,5 @@
 "Training, resuming, evaluating and refining, end to end on real BCCD images from the bundled sample."
+
 import json
 import math
 import warnings
@@ -28,17 +29,41 @@ def records():
 def cli_run(tmp_path_factory):
     "A run trained by the command line: 2 epochs on 4 + 4 sample images."
     out = tmp_path_factory.mktemp("runs") / "run"
-    done = run("train", *SAMPLE, "--out", str(out), "--epochs", "2", "--max-images", "4", "--set", "data.batch_size=2", "--monitor")
+    done = run(
+        "train",
+        *SAMPLE,
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--max-images",
+        "4",
+        "--set",
+        "data.batch_size=2",
+        "--monitor",
+    )
     assert done.returncode == 0, done.stderr
     return out, done
 
 
 def test_train_command_writes_the_run(cli_run):
     out, done = cli_run
-    assert {p.name for p in out.iterdir()} == {".boxrefine-run", "data.json", "best.pt", "last.pt", "metrics.jsonl", "config.yaml", "curves.png", "monitor-boxes.png", "monitor-curves.png"}
+    assert {p.name for p in out.iterdir()} == {
+        ".boxrefine-run",
+        "data.json",
+        "best.pt",
+        "last.pt",
+        "metrics.jsonl",
+        "config.yaml",
+        "curves.png",
+        "monitor-boxes.png",
+        "monitor-curves.png",
+    }
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
-    assert all(0 < r["train_loss"] < 5 and 0 < r["val_loss"] < 5 and 0 < r["val_mean_iou"] <= 1 for r in rows)  # never in the hundreds
+    assert all(
+        0 < r["train_loss"] < 5 and 0 < r["val_loss"] < 5 and 0 < r["val_mean_iou"] <= 1 for r in rows
+    )  # never in the hundreds
     assert "SAM features: off" in done.stdout and "best validation mean IoU" in done.stdout
     assert load_config(out / "config.yaml").training.epochs == 2
 
@@ -49,7 +74,8 @@ def test_a_run_is_never_overwritten_and_resume_continues(cli_run, tmp_path):
     assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
     copy = tmp_path / "run"
     copy.mkdir()
-    for p in out.iterdir(): (copy / p.name).write_bytes(p.read_bytes())
+    for p in out.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
     resumed = run("train", *SAMPLE, "--out", str(copy), "--epochs", "3", "--max-images", "4", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert [json.loads(l)["epoch"] for l in (copy / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
@@ -58,11 +84,24 @@ def test_a_run_is_never_overwritten_and_resume_continues(cli_run, tmp_path):
 def test_eval_with_run_adds_refined(cli_run, tmp_path):
     out, _ = cli_run
     result_path = tmp_path / "eval.json"
-    done = run("eval", *SAMPLE, "--split", "val", "--max-images", "3", "--no-sam", "--run", str(out), "--json", str(result_path))
+    done = run(
+        "eval",
+        *SAMPLE,
+        "--split",
+        "val",
+        "--max-images",
+        "3",
+        "--no-sam",
+        "--run",
+        str(out),
+        "--json",
+        str(result_path),
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(result_path.read_text())
     assert set(result["methods"]) == {"noisy", "refined"}
-    for method in result["methods"].values(): assert set(METRIC_KEYS) <= set(method)
+    for method in result["methods"].values():
+        assert set(METRIC_KEYS) <= set(method)
     assert result["methods"]["refined"]["n_boxes"] == result["methods"]["noisy"]["n_boxes"] == result["n_boxes"]
 
 
@@ -75,10 +114,16 @@ def test_refine_writes_a_new_coco_file_and_never_overwrites(cli_run, tmp_path):
     assert len(after["annotations"]) == len(before["annotations"]) and after["images"] == before["images"]
     refined = [a for a in after["annotations"] if "quality" in a]
     first_three = {im["id"] for im in before["images"][:3]}
-    assert {a["image_id"] for a in refined} == first_three and len(refined) == sum(a["image_id"] in first_three for a in before["annotations"])
+    assert {a["image_id"] for a in refined} == first_three and len(refined) == sum(
+        a["image_id"] in first_three for a in before["annotations"]
+    )
     originals = {a["id"]: a["bbox"] for a in before["annotations"]}
-    assert all(a["bbox_input"] == originals[a["id"]] and 0 <= a["quality"] <= 1 and min(a["bbox"][2:]) > 0 for a in refined)
-    assert run("refine", "--run", str(out), *SAMPLE, "--out", str(target)).returncode == 2  # exists: refused without --overwrite
+    assert all(
+        a["bbox_input"] == originals[a["id"]] and 0 <= a["quality"] <= 1 and min(a["bbox"][2:]) > 0 for a in refined
+    )
+    assert (
+        run("refine", "--run", str(out), *SAMPLE, "--out", str(target)).returncode == 2
+    )  # exists: refused without --overwrite
     same = run("refine", "--run", str(out), *SAMPLE, "--out", str(sample_paths().annotations))
     assert same.returncode == 2 and "never overwrites its input" in same.stderr
     assert json.loads(sample_paths().annotations.read_text()) == before
@@ -114,9 +159,13 @@ def test_resume_is_exact(records, tmp_path):
 def test_non_finite_loss_names_the_batch(records):
     class Poison(Callback):
         def before_batch(self, learn):
-            with torch.no_grad(): learn.model.deltas.bias.fill_(float("nan"))
+            with torch.no_grad():
+                learn.model.deltas.bias.fill_(float("nan"))
+
     config = load_config(overrides=["training.epochs=1", "data.batch_size=2"])
-    with pytest.raises(NonFiniteLoss, match=r"non-finite prediction in refinement pass 1 at epoch 0, step 0, images \[\d+, \d+\]"):
+    with pytest.raises(
+        NonFiniteLoss, match=r"non-finite prediction in refinement pass 1 at epoch 0, step 0, images \[\d+, \d+\]"
+    ):
         train_refiner(config, *records, progress=False, cbs=[Poison()])
 
 
@@ -137,7 +186,10 @@ def sam_run(records, tmp_path_factory):
 def test_warm_cache_training_never_calls_the_encoder(sam_run):
     learn, cache, calls = sam_run
     assert cache.encoder.calls == calls and cache.stats.hit_rate > 0.5
-    hits, misses = cache.stats.hits - len(learn.valid_dl.dataset), cache.stats.misses  # the gate's pass reads val once more
+    hits, misses = (
+        cache.stats.hits - len(learn.valid_dl.dataset),
+        cache.stats.misses,
+    )  # the gate's pass reads val once more
     assert learn.history[-1]["cache_hit_rate"] == hits / (hits + misses)  # the log's rate: all reads before that pass
 
 
@@ -171,7 +223,10 @@ def test_refine_a_single_box_and_boxes_on_the_border(cli_run):
 def test_split_records_reads_valid_and_never_uses_test_images():
     "Roboflow's `valid` is the validation split; without train + validation splits, test images stay out of both."
     from boxrefine.data import ImageBoxes
-    def rec(i, split): return ImageBoxes(i, f"{i}.jpg", None, (10, 10), split, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+
+    def rec(i, split):
+        return ImageBoxes(i, f"{i}.jpg", None, (10, 10), split, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+
     data = load_config().data
     train, val = split_records([rec(1, "train"), rec(2, "valid"), rec(3, "test"), rec(4, "train")], data)
     assert ([r.id for r in train], [r.id for r in val]) == ([1, 4], [2])
@@ -184,15 +239,21 @@ def test_train_starts_from_the_prior_and_writes_the_gate_into_best(cli_run, tmp_
     out, done = cli_run
     assert "starting from the shipped prior (" in done.stdout and "gate: min_gain" in done.stdout
     assert -0.1 <= BoxRefiner.load(out).min_gain <= 0.2
-    scratch = run("train", *SAMPLE, "--out", str(tmp_path / "s"), "--epochs", "1", "--max-images", "2", "--from-scratch")
+    scratch = run(
+        "train", *SAMPLE, "--out", str(tmp_path / "s"), "--epochs", "1", "--max-images", "2", "--from-scratch"
+    )
     assert scratch.returncode == 0, scratch.stderr
     assert "starting from random weights (training.init: scratch)" in scratch.stdout
 
 
 class _RunsCode:
     "A pickle that runs code when unpickled (the attack `weights_only=True` stops)."
-    def __init__(self, target): self.target = target
-    def __reduce__(self): return (open, (str(self.target), "w"))
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (str(self.target), "w"))
 
 
 def test_a_malicious_checkpoint_runs_nothing_and_gets_one_line(tmp_path):
@@ -203,9 +264,11 @@ def test_a_malicious_checkpoint_runs_nothing_and_gets_one_line(tmp_path):
     torch.save({"model": _RunsCode(proof)}, evil / "last.pt")
     (evil / ".boxrefine-run").write_text("")
     (evil / "config.yaml").write_text("{}\n")
-    for args in (["refine", "--run", str(evil), *SAMPLE, "--max-images", "1", "--out", str(tmp_path / "o.json")],
-                 ["eval", "--run", str(evil), *SAMPLE, "--split", "val", "--max-images", "1", "--no-sam"],
-                 ["train", *SAMPLE, "--out", str(evil), "--resume", "--epochs", "2"]):
+    for args in (
+        ["refine", "--run", str(evil), *SAMPLE, "--max-images", "1", "--out", str(tmp_path / "o.json")],
+        ["eval", "--run", str(evil), *SAMPLE, "--split", "val", "--max-images", "1", "--no-sam"],
+        ["train", *SAMPLE, "--out", str(evil), "--resume", "--epochs", "2"],
+    ):
         done = run(*args)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (args[0], done.stderr)
         assert "is not a boxrefine refiner checkpoint" in done.stderr and len(done.stderr.strip().splitlines()) == 1
@@ -219,9 +282,13 @@ def test_train_never_writes_into_a_folder_that_is_not_its_run(tmp_path, cli_run)
     (mine / "best.pt").write_bytes(b"my own model")
     done = run("train", *SAMPLE, "--out", str(mine), "--epochs", "1", "--max-images", "2")
     assert done.returncode == 2 and "is not empty and is not a boxrefine run" in done.stderr
-    assert (mine / "config.yaml").read_text() == "my own settings\n" and (mine / "best.pt").read_bytes() == b"my own model"
+    assert (mine / "config.yaml").read_text() == "my own settings\n" and (
+        mine / "best.pt"
+    ).read_bytes() == b"my own model"
     again = run("train", *SAMPLE, "--out", str(mine), "--epochs", "1", "--max-images", "2", "--overwrite")
-    assert again.returncode == 2 and (mine / "best.pt").read_bytes() == b"my own model"  # --overwrite replaces only our runs
+    assert (
+        again.returncode == 2 and (mine / "best.pt").read_bytes() == b"my own model"
+    )  # --overwrite replaces only our runs
     out, _ = cli_run
     done = run("train", *SAMPLE, "--out", str(out), "--epochs", "1", "--max-images", "2")
     assert done.returncode == 2 and "already holds a run" in done.stderr and "--overwrite" in done.stderr
@@ -241,12 +308,25 @@ def test_resume_drops_epochs_logged_after_the_last_checkpoint(tmp_path):
 
 def test_resume_refuses_other_data_unless_forced(tmp_path):
     out = tmp_path / "run"
-    assert run("train", *SAMPLE, "--out", str(out), "--epochs", "1", "--max-images", "2", "--from-scratch").returncode == 0
+    assert (
+        run("train", *SAMPLE, "--out", str(out), "--epochs", "1", "--max-images", "2", "--from-scratch").returncode == 0
+    )
     other = tmp_path / "other.json"
     coco = json.loads(sample_paths().annotations.read_text())
     coco["annotations"] = coco["annotations"][:-1]
     other.write_text(json.dumps(coco))
-    args = ["train", "--ann", str(other), "--images", str(sample_paths().images), "--out", str(out), "--resume", "--epochs", "2"]
+    args = [
+        "train",
+        "--ann",
+        str(other),
+        "--images",
+        str(sample_paths().images),
+        "--out",
+        str(out),
+        "--resume",
+        "--epochs",
+        "2",
+    ]
     done = run(*args)
     assert done.returncode == 2 and "was trained on" in done.stderr and "--force" in done.stderr
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1

@@ -66,8 +66,10 @@ def _directives(source: str) -> tuple[dict, str]:
     opts, code = {}, []
     for line in source.splitlines():
         m = re.match(r"#\|\s*([\w-]+)\s*:?\s*(.*)", line)
-        if m: opts[m[1]] = m[2].strip()
-        else: code.append(line)
+        if m:
+            opts[m[1]] = m[2].strip()
+        else:
+            code.append(line)
     return opts, "\n".join(code).strip()
 
 
@@ -92,24 +94,29 @@ def readme() -> None:
     nb = json.loads((NBS / "index.ipynb").read_text())
     site = _settings()["doc_host"] + _settings()["doc_baseurl"]
     shutil.rmtree(ROOT / README_IMAGES, ignore_errors=True)
-    parts = ["<!-- Generated from nbs/index.ipynb by `python tools/docs.py readme`: edit the notebook, not this file. -->"]
+    parts = [
+        "<!-- Generated from nbs/index.ipynb by `python tools/docs.py readme`: edit the notebook, not this file. -->"
+    ]
     for i, cell in enumerate(nb["cells"]):
         source = "".join(cell["source"])
         if cell["cell_type"] == "markdown":
             parts.append(re.sub(r"\]\((?!https?:)([\w-]+\.html)\)", rf"]({site}/\1)", source))
             continue
         opts, code = _directives(source)
-        if "hide" in opts or opts.get("include") == "false": continue
-        if code and opts.get("echo") != "false": parts.append("```python\n" + code + "\n```")
+        if "hide" in opts or opts.get("include") == "false":
+            continue
+        if code and opts.get("echo") != "false":
+            parts.append("```python\n" + code + "\n```")
         for j, out in enumerate(cell.get("outputs", [])):
             md = _output_markdown(out, f"cell-{i}-output-{j}.png")
-            if md: parts.append(md)
+            if md:
+                parts.append(md)
     (ROOT / "README.md").write_text("\n\n".join(parts) + "\n")
     print("wrote README.md")
 
 
 def _apply_output_files(proc: Path) -> None:
-    "Rename processed notebooks to their `output-file` names (00_boxes.ipynb -> boxes.ipynb), as Quarto names their pages."
+    "Rename processed notebooks to their `output-file` names (00_boxes.ipynb -> boxes.ipynb), as Quarto does."
     sidebar = proc / "sidebar.yml"
     text = sidebar.read_text()
     for nb in proc.glob("*.ipynb"):
@@ -129,7 +136,8 @@ def _drop_remote_imports(site: Path) -> None:
     for css in site.rglob("*.css"):
         text = css.read_text()
         local = re.sub(r"@import\s+url\(\s*['\"]?https?://[^)]*\)\s*;?", "", text)
-        if local != text: css.write_text(local)
+        if local != text:
+            css.write_text(local)
 
 
 def build(out: Path) -> Path:
@@ -146,7 +154,8 @@ def build(out: Path) -> Path:
     _apply_output_files(proc)
     site = smalldocs_build(proc, quiet=True)
     for warning in site.warnings:
-        if not any(q in warning for q in QUARTO_ONLY): print(f"docs warning: {warning}", file=sys.stderr)
+        if not any(q in warning for q in QUARTO_ONLY):
+            print(f"docs warning: {warning}", file=sys.stderr)
     built = proc / "_docs"
     _drop_remote_imports(built)
     shutil.rmtree(out, ignore_errors=True)
@@ -158,13 +167,19 @@ def build(out: Path) -> Path:
 @contextlib.contextmanager
 def serve(directory: Path):
     "Serve `directory` on 127.0.0.1 on a free port, in a thread; yields the base URL."
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args): pass
+        def log_message(self, *args):
+            pass
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    try: yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally: server.shutdown(); server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def chromium():
@@ -174,9 +189,18 @@ def chromium():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,1000", f"--user-data-dir={tempfile.mkdtemp(prefix='boxrefine-chromium-')}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='boxrefine-chromium-')}",
+    ):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=opts)
 
@@ -203,7 +227,8 @@ def check(site: Path, screenshot: Path, pages=("index.html",)) -> dict:
                     driver.set_window_size(1280, min(height + 100, 8000))
                     screenshot.parent.mkdir(parents=True, exist_ok=True)
                     driver.save_screenshot(str(screenshot))
-        finally: driver.quit()
+        finally:
+            driver.quit()
     for page, seen in report.items():
         seen["external"] = [r for r in seen.pop("resources") if not r.startswith(base)]
     return report
@@ -219,9 +244,12 @@ def main(argv=None) -> None:
     c.add_argument("--site", type=Path, default=ROOT / "_build" / "site")
     c.add_argument("--screenshot", type=Path, default=ROOT / "_build" / "docs-screenshot.png")
     args = p.parse_args(argv)
-    if args.command == "execute": execute(args.notebooks)
-    elif args.command == "readme": readme()
-    elif args.command == "build": build(args.out)
+    if args.command == "execute":
+        execute(args.notebooks)
+    elif args.command == "readme":
+        readme()
+    elif args.command == "build":
+        build(args.out)
     else:
         report = check(args.site, args.screenshot)
         print(json.dumps({k: {**v, "text": v["text"][:200]} for k, v in report.items()}, indent=1))
