@@ -27,9 +27,9 @@ from .train import NotEnoughData, RunMismatch, check_resume, data_record, split_
 
 # %% auto #0
 __all__ = ['ENCODER_OPTIONS', 'DEMO_MARKER', 'USER_ERRORS', 'UsageError', 'add_dataset_options', 'add_encoder_options',
-           'encoder_settings', 'encoder_from', 'check_max_images', 'records_from', 'refiner_from', 'cache_command',
-           'eval_command', 'config_from', 'train_command', 'refine_command', 'demo', 'add_cache_parser',
-           'add_eval_parser', 'add_train_parser', 'add_refine_parser', 'parser', 'main']
+           'cache_from', 'encoder_settings', 'encoder_from', 'check_max_images', 'records_from', 'refiner_from',
+           'cache_command', 'eval_command', 'config_from', 'train_command', 'refine_command', 'demo',
+           'add_cache_parser', 'add_eval_parser', 'add_train_parser', 'add_refine_parser', 'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #9dfa87a7
 class UsageError(ValueError):
@@ -53,7 +53,7 @@ def add_dataset_options(
 
 
 def add_encoder_options(p: argparse.ArgumentParser) -> None:
-    "--encoder, --checkpoint, --cache-dir, --storage-dtype (unset: `EncoderConfig`'s or a config file's values)."
+    "--encoder, --checkpoint, --cache-dir, --storage-dtype, --max-disk (unset: the defaults or a config file's)."
     p.add_argument("--encoder", default=None, choices=MODEL_TYPES, help="HQ-SAM model (default: vit_tiny)")
     p.add_argument(
         "--checkpoint", default=None, help="sam_hq_vit_*.pth; default $BOXREFINE_CHECKPOINT, else RANDOM weights"
@@ -67,11 +67,23 @@ def add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage-dtype", default=None, choices=tuple(DTYPES), help="precision of cached features (default: fp16)"
     )
+    p.add_argument(
+        "--max-disk", type=float, default=None, metavar="GB", help="evict the least recently used entries beyond this"
+    )
+
+
+def cache_from(args, encoder) -> FeatureCache:
+    "The feature cache the options ask for: --cache-dir, and --max-disk as its size on disk."
+    if args.max_disk is not None and not args.max_disk > 0:
+        raise UsageError(f"--max-disk must be a size in GB > 0, got {args.max_disk}")
+    return FeatureCache(
+        encoder, args.cache_dir, max_disk_bytes=None if args.max_disk is None else int(args.max_disk * 2**30)
+    )
 
 
 ENCODER_OPTIONS = {"encoder": "model_type", "checkpoint": "checkpoint", "storage_dtype": "storage_dtype"}
 
-
+# %% ../nbs/09_cli.ipynb #9dfa87a7
 def encoder_settings(args) -> dict:
     "The `EncoderConfig` fields the command line set."
     return {field: getattr(args, opt) for opt, field in ENCODER_OPTIONS.items() if getattr(args, opt, None) is not None}
@@ -119,7 +131,7 @@ def cache_command(args) -> dict:
     rank, _ = init_distributed()
     talk = not args.json and rank == 0
     records = records_from(args, verbose=talk)
-    cache = FeatureCache(encoder_from(args, say=print if talk else lambda *a: None), args.cache_dir)
+    cache = cache_from(args, encoder_from(args, say=print if talk else lambda *a: None))
     warm_shared(cache, [r.path for r in records], progress=not args.json)
     stats = stats_over_ranks(cache.stats.as_dict())
     out = {
@@ -166,7 +178,7 @@ def eval_command(args) -> dict:
         "methods": methods,
     }
     if not args.no_sam:
-        cache = FeatureCache(encoder_from(args), args.cache_dir)
+        cache = cache_from(args, encoder_from(args))
         cache.warm([r.path for r in records])
         methods["sam"] = sam_baseline(records, cache, noise)
         result["encoder"] = {
@@ -198,7 +210,7 @@ def config_from(args):
     options += ["training.init=scratch"] * args.from_scratch
     return load_config(base, options + list(args.set or ()))
 
-
+# %% ../nbs/09_cli.ipynb #8988eea0
 def train_command(args):
     "Train a refiner; print where its files are and how it did. Under torchrun, every process runs this."
     check_max_images(args)
@@ -219,7 +231,7 @@ def train_command(args):
     )
     cache = None
     if config.model.sam != "off":
-        cache = FeatureCache(encoder_from(args, config.encoder, say), args.cache_dir)
+        cache = cache_from(args, encoder_from(args, config.encoder, say))
         warm_shared(cache, [r.path for r in train + val])
         say(f"feature cache {cache.root}: {cache.stats}")
     else:
@@ -265,8 +277,8 @@ def refine_command(args) -> dict:
     print(f"refiner: {refiner.about}")
     records = records_from(args)
     refined = refine_records(refiner, records, [r.boxes for r in records], refiner_cache(refiner, args.cache_dir))
-    out, n = refined_coco(coco, records, refined, refiner.about)
     no_id = sum(isinstance(a, dict) and "id" not in a for a in coco["annotations"])
+    out, n = refined_coco(coco, records, refined, refiner.about, in_place=True)
     if no_id:
         print(f"{no_id} annotations have no id: they are matched by their position in {args.ann}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -291,7 +303,7 @@ def _fresh_demo_run(out: Path) -> Path:
         shutil.rmtree(out / "run")
     return out / "run"
 
-
+# %% ../nbs/09_cli.ipynb #15784e35
 def demo(
     out="boxrefine-demo",  # Folder for the run and the pictures; created if missing
     seed: int = 0,  # Seed of the noise, the split and the weights
@@ -374,7 +386,7 @@ def add_eval_parser(sub) -> None:
     add_encoder_options(e)
     e.set_defaults(handler=eval_command)
 
-
+# %% ../nbs/09_cli.ipynb #fe54698d
 def add_train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a refiner on a COCO dataset into a run folder")
     add_dataset_options(t, split=False, max_images="use only the first N training and N validation images")
@@ -407,7 +419,7 @@ def add_train_parser(sub) -> None:
     add_encoder_options(t)
     t.set_defaults(handler=train_command)
 
-
+# %% ../nbs/09_cli.ipynb #fe54698d
 def add_refine_parser(sub) -> None:
     r = sub.add_parser("refine", help="refine the boxes of a COCO file with a trained run, into a new COCO file")
     r.add_argument(
@@ -447,7 +459,7 @@ def parser() -> argparse.ArgumentParser:
         add(sub)
     return p
 
-
+# %% ../nbs/09_cli.ipynb #fe54698d
 USER_ERRORS = (
     UsageError,
     CocoError,

@@ -73,7 +73,7 @@ class DataConfig:
             r=self.train_noise[1], seed=self.seed + 1, r_min=self.train_noise[0], errors=self.gate_errors
         )
 
-
+# %% ../nbs/06_config.ipynb #5514d920
 @dataclass(frozen=True)
 class TrainConfig:
     "The optimiser, its schedule and the loop."
@@ -119,7 +119,7 @@ class TrainConfig:
                     f"training device {self.device!r} does not exist here ({torch.cuda.device_count()} CUDA devices)"
                 )
 
-
+# %% ../nbs/06_config.ipynb #5514d920
 @dataclass(frozen=True)
 class Config:
     "Everything a training run needs to know."
@@ -163,7 +163,7 @@ def _coerce(value, hint, key: str):
         return tuple(_coerce(v, float, key) for v in value)
     raise ConfigError(f"config key {key} must be {getattr(hint, '__name__', hint)}, got {value!r}")
 
-
+# %% ../nbs/06_config.ipynb #020a4aba
 def from_dict(cls, values: dict | None, prefix: str = ""):
     "An instance of dataclass `cls` from a (nested) dict, checking every key and value."
     values = values or {}
@@ -200,7 +200,7 @@ def _set(tree: dict, dotted: str, value) -> None:
 def _not_a_section(dotted: str, p: str):
     raise ConfigError(f"cannot set {dotted}: {p} is a value, not a section")
 
-
+# %% ../nbs/06_config.ipynb #020a4aba
 def load_config(
     path=None,  # A YAML file holding any subset of `Config`; None: the defaults
     overrides=(),  # "section.key=value" strings, applied after the file; values are read as YAML

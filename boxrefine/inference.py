@@ -71,9 +71,9 @@ def refined_method(
     }
 
 # %% ../nbs/09_inference.ipynb #fed06df0
-def refined_coco(coco: dict, records: list, refined: list, refiner: str) -> tuple:
-    "A copy of the COCO dict with the answers, their qualities, whether they moved, the input boxes; and how many."
-    out = copy.deepcopy(coco)
+def refined_coco(coco: dict, records: list, refined: list, refiner: str, in_place: bool = False) -> tuple:
+    "The COCO dict (a copy, or itself `in_place`) with the answers, their qualities, whether they moved; and how many."
+    out = coco if in_place else copy.deepcopy(coco)
     by_key = {}
     for r, o in zip(records, refined):
         boxes = convert_boxes(o.boxes, "xyxy", "xywh").tolist()

@@ -83,7 +83,7 @@ def to_device(x, device):
         return [to_device(v, device) for v in x]
     return x
 
-
+# %% ../nbs/06_learner.ipynb #35414acb
 class Learner:
     "Fit `model` on `train_dl` with `loss_func`, score it on `valid_dl`; everything else is callbacks."
 
@@ -190,7 +190,7 @@ class DeviceCB(Callback):
     def before_batch(self, learn):
         learn.batch = to_device(learn.batch, self.device)
 
-
+# %% ../nbs/06_learner.ipynb #a2a77be9
 class MixedPrecisionCB(Callback):
     "Forward pass under `torch.autocast`; for fp16, a `GradScaler` whose skipped steps are counted."
 
@@ -284,7 +284,7 @@ def history_line(h: dict, n_epochs: int) -> str:
         f"{k} {v:.4g}" for k, v in h.items() if k != "epoch" and isinstance(v, float)
     )
 
-
+# %% ../nbs/06_learner.ipynb #30cc9f7c
 class ProgressCB(Callback):
     "fastprogress bars (loss per step) in a notebook or terminal, else one plain line per epoch from `line`."
 
@@ -325,7 +325,7 @@ class ProgressCB(Callback):
         if self.mbar is not None and self.mbar.main_bar.last_v is not None:
             self.mbar.on_iter_end()  # stopped early
 
-
+# %% ../nbs/06_learner.ipynb #30cc9f7c
 class EarlyStoppingCB(Callback):
     "Stop when `learn.best` (kept by a metrics callback) has not improved for `patience` epochs."
 

@@ -75,7 +75,7 @@ def checkpoint_file(path) -> Path:
     path = Path(path)
     return path / BEST if path.is_dir() else path
 
-
+# %% ../nbs/01_run.ipynb #c1c5025e
 def read_checkpoint(
     path,  # A checkpoint file, or a run folder (its best.pt)
     extra_keys=(),  # Keys its `extra_state` must hold
@@ -110,7 +110,7 @@ def rng_states() -> dict:
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
-
+# %% ../nbs/01_run.ipynb #c1c5025e
 def set_rng_states(states: dict) -> None:
     "Restore what `rng_states` returned."
     name, keys, pos, has_gauss, gauss = states["numpy"]

@@ -122,7 +122,7 @@ def choose_training_precision(learn: RefinerLearner, requested: str) -> Precisio
 
 # %% ../nbs/06_train.ipynb #b5c2779c
 class MetricsCB(Callback):
-    "Per epoch: mean training and validation loss, validation IoU of refined and noisy boxes."
+    "Per epoch: mean training and validation loss, validation IoU of refined and noisy boxes, the cache's hit rate."
 
     order = 20
 
@@ -133,6 +133,8 @@ class MetricsCB(Callback):
     def before_epoch(self, learn):
         self.sums, self.n, self.ious, self.noisy_ious = dict.fromkeys(RefinerLoss._fields, 0.0), 0, [], []
         self.start = time.perf_counter()
+        if learn.training or not hasattr(self, "reads"):  # feature reads of the epoch's training and validation
+            self.reads = {"hits": 0.0, "lookups": 0.0}
         if learn.training:
             self.fit_start = self.start
 
@@ -142,6 +144,9 @@ class MetricsCB(Callback):
         for k, v in zip(RefinerLoss._fields, values):
             self.sums[k] += v * n
         self.n += n
+        if (hit := learn.batch["features"].get("cache_hit")) is not None:  # counted where the loader read it
+            self.reads["hits"] += hit.sum().item()
+            self.reads["lookups"] += len(hit)
         if learn.training:
             learn.step_losses.append(values[0])
         else:
@@ -182,8 +187,9 @@ class MetricsCB(Callback):
             "seconds": time.perf_counter() - getattr(self, "fit_start", self.start),
             "precision": getattr(learn, "precision", None),
         }
-        if getattr(learn, "cache", None) is not None:
-            row["cache_hit_rate"] = learn.cache.stats.hit_rate
+        reads, _ = sum_over_ranks(self.reads, 0)
+        if reads["lookups"]:
+            row["cache_hit_rate"] = reads["hits"] / reads["lookups"]
         return row
 
 # %% ../nbs/06_train.ipynb #f08133d3
@@ -224,7 +230,7 @@ def epoch_line(h: dict, n_epochs: int) -> str:
         f"val mean IoU {h['val_mean_iou']:.4f} (noisy {h['noisy_mean_iou']:.4f}){cache}, {h['seconds']:.0f} s"
     )
 
-
+# %% ../nbs/06_train.ipynb #f08133d3
 class LogCB(Callback):
     "Append each epoch's metrics to `metrics.jsonl` and redraw `curves.png` in the run folder."
 
@@ -283,7 +289,7 @@ def load_checkpoint(learn, path) -> dict:
     learn.history, learn.best = ckpt["history"], ckpt["best"]
     return ckpt
 
-
+# %% ../nbs/06_train.ipynb #ca0e592b
 class CheckpointCB(Callback):
     "Save `last.pt` after every epoch and `best.pt` when validation mean IoU improves."
 
@@ -325,8 +331,12 @@ class BestWeightsCB(Callback):
 
 # %% ../nbs/06_train.ipynb #71e68c91
 def record_inputs(record, cache=None, use_sam: bool = False) -> dict:
-    "The refiner's inputs for one record: its pixels and, when the refiner reads them, its cached SAM features."
-    return image_inputs(read_image(record.path), cache.get(record.path) if use_sam else None)
+    "The refiner's inputs for one record: its pixels and, when it reads them, its SAM features and whether they hit."
+    if not use_sam:
+        return image_inputs(read_image(record.path))
+    hits = cache.stats.hits  # this process's cache: a loader worker's own copy when num_workers > 0
+    features = image_inputs(read_image(record.path), cache.get(record.path))
+    return {**features, "cache_hit": torch.tensor(cache.stats.hits > hits)}
 
 
 def make_loader(records, noise: NoiseConfig, data, train: bool, features) -> DataLoader:
@@ -433,7 +443,7 @@ def _write_run_settings(run_dir, config: Config, data_record: dict | None, resum
     if data_record is not None and not resume:
         atomic_write(run_dir / DATA, json.dumps(data_record, indent=1))
 
-
+# %% ../nbs/06_train.ipynb #726781e2
 def train_refiner(
     config: Config,  # The run's settings
     train_records: list,  # `ImageBoxes` to train on

@@ -61,13 +61,14 @@ def test_console_script_is_installed():
 
 import json
 
+from boxrefine.cli import main
 from boxrefine.data import sample_paths
 from boxrefine.metrics import METRIC_KEYS
 
 SAMPLE = ["--ann", str(sample_paths().annotations), "--images", str(sample_paths().images)]
 
 
-def test_cache_command_warms_then_hits_then_reports_and_clears(tmp_path):
+def test_cache_command_warms_then_hits_then_reports_and_clears(tmp_path, capsys):
     args = ["cache", *SAMPLE, "--max-images", "2", "--cache-dir", str(tmp_path), "--json"]
     first = run(*args)
     assert first.returncode == 0, first.stderr
@@ -84,6 +85,11 @@ def test_cache_command_warms_then_hits_then_reports_and_clears(tmp_path):
     assert warm["bytes_read"] == cold["bytes_written"]
     stats = json.loads(run("cache", "--stats", "--cache-dir", str(tmp_path), "--json").stdout)
     assert stats["entries"] == 2 and stats["bytes"] == cold["bytes_written"]
+    limit = str(cold["bytes_written"] * 1.2 / 2**30)  # GB: room for two entries, not three
+    assert main(["cache", *SAMPLE, "--max-images", "3", "--cache-dir", str(tmp_path), "--max-disk", limit]) == 0
+    assert json.loads(run("cache", "--stats", "--cache-dir", str(tmp_path), "--json").stdout)["entries"] == 2
+    assert main(["cache", *SAMPLE, "--cache-dir", str(tmp_path), "--max-disk", "0"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--max-disk must be a size in GB > 0, got 0.0")
     assert json.loads(run("cache", "--clear", "--cache-dir", str(tmp_path), "--json").stdout)["cleared_entries"] == 2
     assert run("cache", "--cache-dir", str(tmp_path)).returncode == 2  # neither a dataset nor --stats/--clear
 

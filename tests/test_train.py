@@ -186,11 +186,22 @@ def sam_run(records, tmp_path_factory):
 def test_warm_cache_training_never_calls_the_encoder(sam_run):
     learn, cache, calls = sam_run
     assert cache.encoder.calls == calls and cache.stats.hit_rate > 0.5
-    hits, misses = (
-        cache.stats.hits - len(learn.valid_dl.dataset),
-        cache.stats.misses,
-    )  # the gate's pass reads val once more
-    assert learn.history[-1]["cache_hit_rate"] == hits / (hits + misses)  # the log's rate: all reads before that pass
+    assert all(h["cache_hit_rate"] == 1.0 for h in learn.history)  # every read of every epoch was a hit
+
+
+def test_the_hit_rate_is_counted_in_loader_workers(records, tmp_path):
+    "With `data.num_workers` > 0 the workers read their own copies of the cache: the logged rate still counts them."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        cache = FeatureCache(Encoder(EncoderConfig()), tmp_path / "cache")
+    train, val = records[0][:4], records[1][:2]
+    cache.warm([r.path for r in train], progress=False)  # the validation images are not cached yet
+    config = load_config(
+        overrides=["training.epochs=2", "data.batch_size=2", "model.sam=embedding+interm", "data.num_workers=2"]
+    )
+    learn = train_refiner(config, train, val, cache=cache, progress=False)
+    first, second = (h["cache_hit_rate"] for h in learn.history)
+    assert first == 4 / 6 and second == 1.0  # epoch 1: the 2 validation images missed, then were cached
 
 
 def test_a_refiner_refuses_features_of_another_encoder(sam_run, records, tmp_path):
