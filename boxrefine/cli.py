@@ -15,7 +15,7 @@ from .boxes import ERROR_KINDS, BoxError
 from .cache import FeatureCache, NotACache
 from .config import DEMO_SETTINGS, ConfigError, load_config, resolved_config
 from .data import CocoError, ImageReadError, NoiseConfig, load_coco, load_sample
-from .distributed import init_distributed, stats_over_ranks, warm_shared
+from .distributed import init_distributed, say_once, stats_over_ranks, warm_shared
 from .encoder import DTYPES, MODEL_TYPES, CheckpointError, Encoder, EncoderConfig
 from .inference import move_summary, refine_records, refined_coco, refined_method, refiner_at, refiner_cache
 from .learner import NonFiniteLoss
@@ -490,7 +490,7 @@ def main(
     try:
         args.handler(args)
     except USER_ERRORS as e:
-        print(f"boxrefine {args.command}: error: {e}", file=sys.stderr)
+        say_once(f"boxrefine {args.command}: error: {e}")
         return 2
     finally:
         import torch.distributed as dist

@@ -5,7 +5,11 @@
 # %% ../nbs/01_distributed.ipynb #cf4f7b74
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -13,7 +17,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['world', 'resolve_device', 'init_distributed', 'collective_device', 'unwrap', 'barrier', 'from_first',
-           'sum_over_ranks', 'gather_over_ranks', 'stats_over_ranks', 'warm_shared', 'ShardSampler']
+           'sum_over_ranks', 'gather_over_ranks', 'stats_over_ranks', 'warm_shared', 'ShardSampler', 'say_once']
 
 # %% ../nbs/01_distributed.ipynb #5b682861
 def world() -> tuple:
@@ -112,3 +116,17 @@ class ShardSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+# %% ../nbs/01_distributed.ipynb #acae54e37e7d407bbb7b55eff062a284
+def say_once(line: str, file=None) -> None:
+    "Print `line` to stderr once per machine for all the processes of a torchrun job; always outside torchrun."
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    if job and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        mark = (
+            Path(tempfile.gettempdir()) / f"boxrefine-said-{hashlib.sha256(f'{job} {line}'.encode()).hexdigest()[:16]}"
+        )
+        try:
+            os.close(os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return  # another process of this job said it
+    print(line, file=file or sys.stderr, flush=True)

@@ -27,9 +27,10 @@ from .run import NotARefinerCheckpoint, checkpoint_file, read_checkpoint
 
 # %% auto #0
 __all__ = ['SAM_INPUTS', 'PIXEL_MEAN', 'PIXEL_STD', 'REQUIRED_STATE', 'RefinerConfig', 'context_boxes', 'apply_deltas',
-           'CropEncoder', 'image_crops', 'FeatureRoI', 'feature_windows', 'box_geometry', 'NonFiniteOutput',
-           'BoxRefinerNet', 'RefinerLoss', 'refiner_loss', 'EncoderMismatch', 'read_safetensors_refiner',
-           'read_refiner_checkpoint', 'BoxRefiner', 'image_inputs', 'Refinement', 'gate_boxes']
+           'CropEncoder', 'image_planes', 'image_crops', 'FeatureRoI', 'feature_windows', 'box_geometry',
+           'NonFiniteOutput', 'BoxRefinerNet', 'RefinerLoss', 'refiner_loss', 'EncoderMismatch',
+           'read_safetensors_refiner', 'read_refiner_checkpoint', 'BoxRefiner', 'image_inputs', 'Refinement',
+           'gate_boxes']
 
 # %% ../nbs/05_refiner.ipynb #53994633
 SAM_INPUTS = ("off", "embedding", "embedding+interm", "auto")
@@ -117,15 +118,18 @@ class CropEncoder(nn.Module):
         return self.net(crops)
 
 
-def image_crops(images, windows: Tensor, image_index: Tensor, size: int) -> Tensor:
-    "RoI-aligned `size`x`size` RGB crops of `windows` (xyxy pixels) from each box's image, normalised like SAM's input."
+def image_planes(images) -> list:
+    "Each (H, W, 3) uint8 image as the (1, 3, H, W) float32 plane `roi_align` reads: made once per batch."
+    return [image.permute(2, 0, 1)[None].float() for image in images]
+
+
+def image_crops(planes: list, windows: Tensor, image_index: Tensor, size: int) -> Tensor:
+    "RoI-aligned `size`x`size` RGB crops of `windows` (xyxy pixels) from each box's image plane, normalised like SAM."
     crops = windows.new_zeros(len(windows), 3, size, size)
-    for i, image in enumerate(images):
+    for i, plane in enumerate(planes):
         sel = (image_index == i).nonzero()[:, 0]
         if len(sel):
-            crops[sel] = roi_align(
-                image.permute(2, 0, 1)[None].to(windows.dtype), [windows[sel]], size, 1.0, 2, aligned=True
-            )
+            crops[sel] = roi_align(plane.to(windows.dtype), [windows[sel]], size, 1.0, 2, aligned=True)
     mean, std = (
         torch.tensor(v, dtype=crops.dtype, device=crops.device).view(1, 3, 1, 1) for v in (PIXEL_MEAN, PIXEL_STD)
     )
@@ -182,14 +186,15 @@ class BoxRefinerNet(nn.Module):
         nn.init.zeros_(self.deltas.weight)
         nn.init.zeros_(self.deltas.bias)  # starts as the identity: no box moves
 
-    def features(self, batch: dict, boxes: Tensor) -> Tensor:
-        "The head's input for `boxes`: every enabled branch, and the box geometry."
+    def features(self, batch: dict, boxes: Tensor, planes: list | None = None) -> Tensor:
+        "The head's input for `boxes`: every enabled branch, and the box geometry; `planes`: the `image_planes`."
         idx, hw = batch["image_index"], batch["image_hw"]
         windows = context_boxes(boxes, self.config.context)
         parts = [self.geometry(box_geometry(boxes, hw[idx]))]
         feats = batch["features"]
         if self.crop_net is not None:
-            parts.append(self.crop_net(image_crops(feats["image"], windows, idx, self.config.crop_size)))
+            planes = planes if planes is not None else image_planes(feats["image"])
+            parts.append(self.crop_net(image_crops(planes, windows, idx, self.config.crop_size)))
         if self.embedding_net is not None or self.interm_net is not None:
             cells = feature_windows(windows, idx, hw, feats["input_hw"])
             if self.embedding_net is not None:
@@ -202,8 +207,9 @@ class BoxRefinerNet(nn.Module):
         "boxes after each pass (the last is the answer); quality, input_quality: IoU logits of the last and input box."
         boxes, passes = batch["noisy"], []
         hw = batch["image_hw"][batch["image_index"]]
+        planes = image_planes(batch["features"]["image"]) if self.crop_net is not None else None  # once for all passes
         for _ in range(self.config.iterations):
-            x = self.trunk(self.features(batch, boxes.detach()))
+            x = self.trunk(self.features(batch, boxes.detach(), planes))
             if not passes:
                 input_quality = self.input_quality(x).float()[:, 0]  # judged from the input box's own window
             boxes = apply_deltas(boxes.detach(), self.deltas(x).float(), hw)

@@ -74,3 +74,35 @@ def test_cache_command_under_torchrun_shards_the_work(tmp_path):
     stats = json.loads(done.stdout.strip().splitlines()[-1])
     assert (stats["misses"], stats["hits"], stats["n_images"]) == (4, 0, 4)  # 2 + 2, added up over the processes
     assert len(list(tmp_path.rglob("*.safetensors"))) == 4
+
+
+def test_an_error_on_one_process_stops_all_promptly_and_is_shown_once(tmp_path):
+    "A training image that only one process reads is truncated: that process fails, the other does not wait for it."
+    import shutil
+    import time
+
+    from boxrefine.data import sample_paths
+
+    coco = json.loads(sample_paths().annotations.read_text())
+    images = tmp_path / "images"
+    shutil.copytree(sample_paths().images, images)
+    train_names = [im["file_name"] for im in coco["images"] if im["split"] == "train"][:4]
+    bad = images / train_names[0]
+    bad.write_bytes(bad.read_bytes()[:4000])  # the header reads, the pixels do not
+    start = time.perf_counter()
+    done = torchrun(
+        "train", "--ann", str(sample_paths().annotations), "--images", str(images), "--out", str(tmp_path / "run"),
+        "--epochs", "2", "--max-images", "4", "--set", "data.batch_size=1",
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    ours = [line for line in done.stderr.splitlines() if line.startswith("boxrefine train: error:")]
+    assert done.returncode != 0 and seconds < 120, (done.returncode, seconds)  # not the 30-minute collective timeout
+    assert len(ours) == 1 and train_names[0] in ours[0], done.stderr[-3000:]
+
+
+def test_an_error_every_process_hits_is_shown_once(tmp_path):
+    done = torchrun("train", *SAMPLE, "--out", str(tmp_path / "run"), "--set", "training.lr=-1")
+    ours = [line for line in done.stderr.splitlines() if line.startswith("boxrefine train: error:")]
+    assert done.returncode != 0 and ours == [
+        "boxrefine train: error: config training: training lr must be a number > 0, got -1.0"
+    ], done.stderr[-2000:]
