@@ -46,13 +46,14 @@ def show_boxes(
     title: str | None = None,  # The axes' title
     legend: bool = True,  # Whether to add a legend of the kinds drawn
     max_side: int | None = None,  # Draw a thumbnail of at most this many pixels a side (boxes stay in image pixels)
+    image_hw=None,  # The full image's (height, width) when `image` is already a thumbnail of it
 ):  # The axes
     "Draw an image with its true, noisy and predicted boxes in three styles; label predictions with their IoU."
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4.5))
     image = np.asarray(image)
-    h, w = image.shape[:2]
-    step = max(1, -(-max(h, w) // max_side)) if max_side else 1
+    h, w = image_hw or image.shape[:2]
+    step = max(1, -(-max(image.shape[:2]) // max_side)) if max_side else 1
     ax.imshow(image[::step, ::step], extent=(0, w, h, 0))
     ax.set_axis_off()
     if title:
@@ -241,14 +242,8 @@ def draw_page(self: TrainingMonitor, axs, items: list) -> None:
             for k, v in (("true", item["boxes"]), ("noisy", item["noisy"]), ("pred", self.preds.get(i)))
             if k in self.kinds and v is not None
         }
-        show_boxes(
-            self.thumbnail(item["path"]),
-            **show,
-            ax=ax,
-            legend=ax is axs[0],
-            title=f"image {item['image_id']}",
-            max_side=THUMBNAIL_SIDE,
-        )
+        thumb, hw = self.thumbnail(item["path"])
+        show_boxes(thumb, **show, ax=ax, legend=ax is axs[0], title=f"image {item['image_id']}", image_hw=hw)
 
 
 @patch
@@ -280,11 +275,13 @@ THUMBNAIL_SIDE = 320
 
 
 @patch
-def thumbnail(self: TrainingMonitor, path) -> np.ndarray:
-    "A validation image, decoded once per run."
-    cache = self.__dict__.setdefault("_images", {})
+def thumbnail(self: TrainingMonitor, path) -> tuple:
+    "(at most `THUMBNAIL_SIDE` pixels a side of a validation image, its full (height, width)): decoded once per run."
+    cache = self.__dict__.setdefault("_thumbnails", {})
     if path not in cache:
-        cache[path] = read_image(path)
+        image = read_image(path)
+        step = max(1, -(-max(image.shape[:2]) // THUMBNAIL_SIDE))
+        cache[path] = (np.ascontiguousarray(image[::step, ::step]), image.shape[:2])  # the full image is not kept
     return cache[path]
 
 # %% ../nbs/08_widgets.ipynb #b8f8fffa
