@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .run import atomic_write
+
 # %% auto #0
 __all__ = ['PRECISIONS', 'cpu_name', 'cpu_description', 'native_bf16', 'time_call', 'autocast_context', 'bf16_slowdown',
            'probe_file', 'user_cache_dir', 'probe_key', 'remembered_probe', 'SlowPrecisionWarning', 'PrecisionChoice',
@@ -120,9 +122,7 @@ def remembered_probe(key: str, measure) -> dict:
     known[key] = measure()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(known, indent=1))
     except OSError:
         pass  # a read-only home only costs a probe next time
     return known[key]
