@@ -370,7 +370,7 @@ def image_inputs(
 
 
 @patch
-def image_features(self: BoxRefiner, rgb: np.ndarray, cache=None) -> dict:
+def image_batch_inputs(self: BoxRefiner, rgb: np.ndarray, cache=None) -> dict:
     "The network's per-image inputs for one RGB image, batched (a batch of one)."
     sam = None
     if self.net.config.sam != "off":
@@ -429,7 +429,7 @@ def refine_boxes(
     if len(start) == 0:
         return Refinement(start, start.new_zeros(0), start, start.new_zeros(0), torch.zeros(0, dtype=torch.bool))
     batch = {
-        "features": self.image_features(rgb, cache),
+        "features": self.image_batch_inputs(rgb, cache),
         "image_hw": hw,
         "image_index": torch.zeros(len(start), dtype=torch.long),
         "noisy": start,
