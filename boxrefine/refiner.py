@@ -26,14 +26,15 @@ from .loss import LossConfig, box_loss
 from .run import NotARefinerCheckpoint, checkpoint_file, read_checkpoint
 
 # %% auto #0
-__all__ = ['SAM_INPUTS', 'PIXEL_MEAN', 'PIXEL_STD', 'REQUIRED_STATE', 'RefinerConfig', 'context_boxes', 'apply_deltas',
-           'CropEncoder', 'image_planes', 'image_crops', 'FeatureRoI', 'feature_windows', 'box_geometry',
-           'NonFiniteOutput', 'BoxRefinerNet', 'RefinerLoss', 'refiner_loss', 'EncoderMismatch',
-           'read_safetensors_refiner', 'read_refiner_checkpoint', 'BoxRefiner', 'image_inputs', 'Refinement',
-           'gate_boxes']
+__all__ = ['SAM_INPUTS', 'HEADS', 'PIXEL_MEAN', 'PIXEL_STD', 'EDGE_WINDOW', 'EDGE_PRIOR', 'REQUIRED_STATE', 'RefinerConfig',
+           'context_boxes', 'apply_deltas', 'CropEncoder', 'image_planes', 'image_crops', 'FeatureRoI',
+           'feature_windows', 'box_geometry', 'EdgeLocator', 'edge_position_loss', 'NonFiniteOutput', 'BoxRefinerNet',
+           'RefinerLoss', 'refiner_loss', 'EncoderMismatch', 'read_safetensors_refiner', 'read_refiner_checkpoint',
+           'BoxRefiner', 'image_inputs', 'Refinement', 'gate_boxes']
 
 # %% ../nbs/05_refiner.ipynb #53994633
 SAM_INPUTS = ("off", "embedding", "embedding+interm", "auto")
+HEADS = ("regression", "edges")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class RefinerConfig:
     iterations: int = 2  # Refinement passes, trained jointly
     hidden: int = 256  # Width of the head
     quality_weight: float = 1.0  # Weight of the quality (predicted IoU) loss
+    head: str = "regression"  # How boxes move: "regression" (four deltas) or "edges" (a position distribution per edge)
 
     def __post_init__(self):
         if self.sam not in SAM_INPUTS:
@@ -64,6 +66,8 @@ class RefinerConfig:
         for name in ("hidden", "roi_size", "crop_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model {name} must be >= 1, got {getattr(self, name)}")
+        if self.head not in HEADS:
+            raise ValueError(f"model head must be one of {HEADS}, got {self.head!r}")
         if not self.quality_weight >= 0:
             raise ValueError(f"model quality_weight must be >= 0, got {self.quality_weight}")
 
@@ -163,6 +167,72 @@ def box_geometry(boxes: Tensor, image_hw: Tensor) -> Tensor:
     size = ((boxes[:, 2:] - boxes[:, :2]).clamp(min=1) / wh).log()
     return torch.cat([norm, size], 1)
 
+# %% ../nbs/05_refiner.ipynb #acae54e37e7d407bbb7b55eff062a284
+EDGE_WINDOW, EDGE_PRIOR = 2.0, 0.08  # the edge head's window (the box scaled by this) and its starting bump's width
+
+
+def _position_head(channels: int, width: int) -> nn.Sequential:
+    "1-D convolutions from a pooled profile to two edges' position logits, zero at the start."
+    head = nn.Sequential(
+        nn.Conv1d(channels, width, 5, padding=2), nn.ReLU(inplace=True), nn.Conv1d(width, 2, 5, padding=2)
+    )
+    nn.init.zeros_(head[-1].weight)
+    nn.init.zeros_(head[-1].bias)
+    return head
+
+
+class EdgeLocator(nn.Module):
+    "Per box, a distribution over positions for each edge along a window twice its size; the expected box."
+
+    def __init__(self, size: int, width: int = 32):
+        super().__init__()
+        self.size, w = size, width
+        self.net = nn.Sequential(
+            _conv(3, w),
+            nn.Conv2d(w, 2 * w, 3, 1, 1, bias=False), nn.GroupNorm(8, 2 * w), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * w, 2 * w, 3, 1, 1, bias=False), nn.GroupNorm(8, 2 * w), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.head_x, self.head_y = _position_head(4 * w + 1, 2 * w), _position_head(4 * w + 1, 2 * w)
+
+    def forward(self, planes: list, boxes: Tensor, image_index: Tensor) -> tuple:
+        "(boxes (N, 4) xyxy, (x logits (N, 2, P), y logits (N, 2, P), windows (N, 4))) for `boxes`."
+        windows = context_boxes(boxes, EDGE_WINDOW)
+        f = self.net(image_crops(planes, windows, image_index, self.size))  # (N, C, P, P)
+        n, p = len(f), f.shape[-1]
+        where = torch.linspace(0, 1, p, device=f.device, dtype=f.dtype).expand(n, 1, p)
+        logits = [
+            head(torch.cat([f.mean(dim), f.amax(dim), where], 1)).float() + self.start_bump(p, f.device)
+            for head, dim in ((self.head_x, 2), (self.head_y, 3))
+        ]
+        centres = (torch.arange(p, device=f.device, dtype=torch.float32) + 0.5) / p
+        (x1, x2), (y1, y2) = ((lg.softmax(-1) * centres).sum(-1).unbind(1) for lg in logits)  # window fractions
+        win = windows.float()
+        ww, wh = win[:, 2] - win[:, 0], win[:, 3] - win[:, 1]
+        out = torch.stack([win[:, 0] + x1 * ww, win[:, 1] + y1 * wh, win[:, 0] + x2 * ww, win[:, 1] + y2 * wh], 1)
+        return out, (*logits, win)
+
+    @staticmethod
+    def start_bump(p: int, device) -> Tensor:
+        "(2, P) log-weights of a narrow bump at each input edge: where the box's edges lie in its window."
+        centres = (torch.arange(p, device=device, dtype=torch.float32) + 0.5) / p
+        edges = torch.tensor([0.5 - 0.5 / EDGE_WINDOW, 0.5 + 0.5 / EDGE_WINDOW], device=device)
+        return -(((centres - edges[:, None]) / EDGE_PRIOR) ** 2) / 2
+
+
+def edge_position_loss(edge_logits: list, true: Tensor) -> Tensor:
+    "Cross-entropy of each edge's distribution against its true position (a bump one position wide), averaged."
+    losses = []
+    for lx, ly, win in edge_logits:
+        p = lx.shape[-1]
+        ww, wh = win[:, 2] - win[:, 0], win[:, 3] - win[:, 1]
+        tx = torch.stack([true[:, 0] - win[:, 0], true[:, 2] - win[:, 0]], 1) / ww[:, None] * p - 0.5
+        ty = torch.stack([true[:, 1] - win[:, 1], true[:, 3] - win[:, 1]], 1) / wh[:, None] * p - 0.5
+        positions = torch.arange(p, device=lx.device, dtype=torch.float32)
+        for logits, t in ((lx, tx), (ly, ty)):
+            target = (-((positions - t.clamp(0, p - 1)[..., None]) ** 2) / 2).softmax(-1)
+            losses.append(-(target * logits.log_softmax(-1)).sum(-1).mean())
+    return torch.stack(losses).mean()
+
 # %% ../nbs/05_refiner.ipynb #3544bae3
 class NonFiniteOutput(FloatingPointError):
     "The refiner produced a NaN or infinite box (diverged weights): stopped before it reaches `roi_align`."
@@ -182,9 +252,12 @@ class BoxRefinerNet(nn.Module):
         self.trunk = nn.Sequential(
             nn.Linear(branches * h + 64, h), nn.ReLU(inplace=True), nn.Linear(h, h), nn.ReLU(inplace=True)
         )
-        self.deltas, self.quality, self.input_quality = nn.Linear(h, 4), nn.Linear(h, 1), nn.Linear(h, 1)
-        nn.init.zeros_(self.deltas.weight)
-        nn.init.zeros_(self.deltas.bias)  # starts as the identity: no box moves
+        self.quality, self.input_quality = nn.Linear(h, 1), nn.Linear(h, 1)
+        self.deltas = nn.Linear(h, 4) if config.head == "regression" else None
+        self.edges = EdgeLocator(config.crop_size, config.crop_width) if config.head == "edges" else None
+        if self.deltas is not None:
+            nn.init.zeros_(self.deltas.weight)
+            nn.init.zeros_(self.deltas.bias)  # starts as the identity: no box moves
 
     def features(self, batch: dict, boxes: Tensor, planes: list | None = None) -> Tensor:
         "The head's input for `boxes`: every enabled branch, and the box geometry; `planes`: the `image_planes`."
@@ -205,28 +278,41 @@ class BoxRefinerNet(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         "boxes after each pass (the last is the answer); quality, input_quality: IoU logits of the last and input box."
-        boxes, passes = batch["noisy"], []
-        hw = batch["image_hw"][batch["image_index"]]
-        planes = image_planes(batch["features"]["image"]) if self.crop_net is not None else None  # once for all passes
+        boxes, passes, edge_logits = batch["noisy"], [], []
+        idx, hw = batch["image_index"], batch["image_hw"][batch["image_index"]]
+        reads_pixels = self.crop_net is not None or self.edges is not None
+        planes = image_planes(batch["features"]["image"]) if reads_pixels else None  # once for all passes
         for _ in range(self.config.iterations):
-            x = self.trunk(self.features(batch, boxes.detach(), planes))
+            start = boxes.detach()
+            x = self.trunk(self.features(batch, start, planes))
             if not passes:
                 input_quality = self.input_quality(x).float()[:, 0]  # judged from the input box's own window
-            boxes = apply_deltas(boxes.detach(), self.deltas(x).float(), hw)
+            boxes = apply_deltas(start, self.box_deltas(x, start, planes, idx, edge_logits), hw)
             if not torch.isfinite(boxes).all():
                 raise NonFiniteOutput(f"non-finite prediction in refinement pass {len(passes) + 1}")
             passes.append(boxes)
-        return {"boxes": passes, "quality": self.quality(x).float()[:, 0], "input_quality": input_quality}
+        out = {"boxes": passes, "quality": self.quality(x).float()[:, 0], "input_quality": input_quality}
+        return {**out, "edge_logits": edge_logits} if edge_logits else out
+
+    def box_deltas(self, x: Tensor, boxes: Tensor, planes, idx: Tensor, edge_logits: list) -> Tensor:
+        "Each edge's move in box widths (x) and heights (y): regressed from the trunk, or where the edge head puts it."
+        if self.deltas is not None:
+            return self.deltas(x).float()
+        located, logits = self.edges(planes, boxes, idx)
+        edge_logits.append(logits)
+        b = boxes.float()
+        return (located - b) / (b[:, 2:] - b[:, :2]).clamp(min=1).repeat(1, 2)
 
 # %% ../nbs/05_refiner.ipynb #2b18ed2e
 class RefinerLoss(NamedTuple):
     "The refiner's loss and its parts (each a scalar fp32 tensor)."
 
-    total: Tensor  # mean over passes of box_loss, plus quality_weight x (quality + input_quality)
+    total: Tensor  # mean over passes of box_loss, plus quality_weight x (quality + input_quality), plus edges
     l1: Tensor  # L1 part of the last pass
     giou: Tensor  # GIoU part of the last pass
     quality: Tensor  # BCE of the predicted IoU against the last pass's true IoU
     input_quality: Tensor  # BCE of the input box's predicted IoU against its true IoU
+    edges: Tensor  # cross-entropy of the edge head's positions (0 for the regression head)
 
 
 def _quality_loss(logits: Tensor, boxes: Tensor, true: Tensor) -> Tensor:
@@ -241,8 +327,11 @@ def refiner_loss(
     parts = [box_loss(b, batch["boxes"], hw, loss_config) for b in preds["boxes"]]
     quality = _quality_loss(preds["quality"], preds["boxes"][-1], batch["boxes"])
     input_quality = _quality_loss(preds["input_quality"], batch["noisy"], batch["boxes"])
-    total = torch.stack([p.total for p in parts]).mean() + quality_weight * (quality + input_quality)
-    return RefinerLoss(total, parts[-1].l1, parts[-1].giou, quality, input_quality)
+    edges = (
+        edge_position_loss(preds["edge_logits"], batch["boxes"]) if "edge_logits" in preds else quality.new_zeros(())
+    )
+    total = torch.stack([p.total for p in parts]).mean() + quality_weight * (quality + input_quality) + edges
+    return RefinerLoss(total, parts[-1].l1, parts[-1].giou, quality, input_quality, edges)
 
 # %% ../nbs/05_refiner.ipynb #d3699540
 class EncoderMismatch(ValueError):

@@ -156,6 +156,20 @@ def test_resume_is_exact(records, tmp_path):
     assert [h["val_mean_iou"] for h in straight.history] == [h["val_mean_iou"] for h in resumed.history]
 
 
+def test_the_edge_head_trains_saves_and_refines(records, tmp_path):
+    "`model.head: edges` from scratch: its position loss falls, its run loads as a refiner that moves boxes by it."
+    config = load_config(
+        overrides=["training.epochs=3", "data.batch_size=2", "model.head=edges", "training.init=scratch"]
+    )
+    learn = train_refiner(config, *records, tmp_path / "edges", progress=False)
+    assert learn.step_losses[-1] < learn.step_losses[0] and all(math.isfinite(h["val_loss"]) for h in learn.history)
+    refiner = BoxRefiner.load(tmp_path / "edges")
+    assert refiner.net.config.head == "edges" and refiner.net.deltas is None
+    rec = records[1][0]
+    out = refiner.refine_boxes(rec.path, rec.boxes, min_gain=-1.0)  # every proposal taken
+    assert out.boxes.shape == rec.boxes.shape and torch.isfinite(out.boxes).all()
+
+
 def test_non_finite_loss_names_the_batch(records):
     class Poison(Callback):
         def before_batch(self, learn):
