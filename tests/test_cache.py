@@ -97,32 +97,15 @@ def damage(path, how, fingerprint):
         path.write_bytes(b"")
     elif how == "random bytes":
         path.write_bytes(os.urandom(path.stat().st_size))
-    elif how == "wrong shapes":
-        write_entry(
-            path,
-            dict(
-                image_embedding=torch.zeros(256, 64, 64),
-                interm_embedding=torch.zeros(64, 64, 768),
-                original_hw=(480, 640),
-                input_hw=(768, 1024),
-            ),
-            fingerprint,
-            torch.float16,
-            0.0,
+    elif how in ("wrong shapes", "wrong dtype"):
+        channels, dtype = (768, torch.float16) if how == "wrong shapes" else (160, torch.float32)
+        features = dict(
+            image_embedding=torch.zeros(256, 64, 64),
+            interm_embedding=torch.zeros(64, 64, channels),
+            original_hw=(480, 640),
+            input_hw=(768, 1024),
         )
-    elif how == "wrong dtype":
-        write_entry(
-            path,
-            dict(
-                image_embedding=torch.zeros(256, 64, 64),
-                interm_embedding=torch.zeros(64, 64, 160),
-                original_hw=(480, 640),
-                input_hw=(768, 1024),
-            ),
-            fingerprint,
-            torch.float32,
-            0.0,
-        )
+        write_entry(path, features, fingerprint, dtype, 0.0)
     elif how == "wrong fingerprint":
         write_entry(
             path,

@@ -32,22 +32,8 @@ def torchrun(*args, nproc=2):
 
 def test_two_processes_train_fill_the_cache_once_and_match_one_process(tmp_path):
     out, cache_dir = tmp_path / "run", tmp_path / "cache"
-    done = torchrun(
-        "train",
-        *SAMPLE,
-        "--out",
-        str(out),
-        "--epochs",
-        "2",
-        "--max-images",
-        "4",
-        "--cache-dir",
-        str(cache_dir),
-        "--set",
-        "model.sam=embedding",
-        "--set",
-        "data.batch_size=2",
-    )
+    done = torchrun("train", *SAMPLE, "--out", str(out), "--epochs", "2", "--max-images", "4", "--cache-dir",
+                    str(cache_dir), "--set", "model.sam=embedding", "--set", "data.batch_size=2")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("training on 4 images") == 1 and "in 2 processes" in done.stdout  # only rank 0 speaks
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

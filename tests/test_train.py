@@ -29,19 +29,8 @@ def records():
 def cli_run(tmp_path_factory):
     "A run trained by the command line: 2 epochs on 4 + 4 sample images."
     out = tmp_path_factory.mktemp("runs") / "run"
-    done = run(
-        "train",
-        *SAMPLE,
-        "--out",
-        str(out),
-        "--epochs",
-        "2",
-        "--max-images",
-        "4",
-        "--set",
-        "data.batch_size=2",
-        "--monitor",
-    )
+    done = run("train", *SAMPLE, "--out", str(out), "--epochs", "2", "--max-images", "4", "--set", "data.batch_size=2",
+               "--monitor")  # fmt: skip
     assert done.returncode == 0, done.stderr
     return out, done
 
