@@ -108,7 +108,8 @@ run_tests() {
     # two notebooks at a time, one thread each: two torch processes with two threads each on two cores run 5x slower
     say "notebooks run (nbdev_test)";                       OMP_NUM_THREADS=1 "$bin/nbdev_test" --n_workers 2
     say "pytest tests/ (includes the offline docs build and its browser check)"
-    "$PY" -m pytest tests -q -p no:cacheprovider
+    # two test files at a time (pytest-xdist), one thread each, as for the notebooks; a file's fixtures stay in one process
+    OMP_NUM_THREADS=1 "$PY" -m pytest tests -q -p no:cacheprovider -n 2 --dist loadfile
     say "all checks passed in $((SECONDS - start)) s"
 }
 
