@@ -162,6 +162,8 @@ def bench_precision(records, steps: int = 6) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SlowPrecisionWarning)  # bf16 asked for on purpose, even where it is slow
         for name, measure in (("training step (8 images)", step_seconds), ("encoder (1 image)", encoder_seconds)):
+            for p in ("bf16", "fp32"):  # warm-up: oneDNN builds its kernels per precision on first use
+                measure(p)
             seconds = {p: measure(p)[0] for p in ("bf16", "fp32")}
             auto_s, chosen = measure("auto")
             out[name] = {
