@@ -239,6 +239,9 @@ def _lookup(self: FeatureCache, key: str) -> dict | None:
     if key in self._memory:
         self._memory.move_to_end(key)
         self.stats.memory_hits += 1
+        if self.max_disk_bytes is not None:
+            with contextlib.suppress(OSError):  # used again: its file is evicted last, though it was not read
+                os.utime(self.path(key))
         return self._memory[key][0]
     path = self.path(key)
     try:

@@ -27,8 +27,8 @@ from .train import NotEnoughData, RunMismatch, check_resume, data_record, split_
 
 # %% auto #0
 __all__ = ['ENCODER_OPTIONS', 'DEMO_MARKER', 'USER_ERRORS', 'UsageError', 'add_dataset_options', 'add_encoder_options',
-           'cache_from', 'encoder_settings', 'encoder_from', 'check_max_images', 'records_from', 'refiner_from',
-           'cache_command', 'eval_command', 'config_from', 'train_command', 'refine_command', 'demo',
+           'disk_limit', 'cache_from', 'encoder_settings', 'encoder_from', 'check_max_images', 'records_from',
+           'refiner_from', 'cache_command', 'eval_command', 'config_from', 'train_command', 'refine_command', 'demo',
            'add_cache_parser', 'add_eval_parser', 'add_train_parser', 'add_refine_parser', 'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #9dfa87a7
@@ -72,13 +72,17 @@ def add_encoder_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def disk_limit(args) -> int | None:
+    "--max-disk in bytes (None: no limit; a command without the option has none)."
+    gb = getattr(args, "max_disk", None)
+    if gb is not None and not gb > 0:
+        raise UsageError(f"--max-disk must be a size in GB > 0, got {gb}")
+    return None if gb is None else int(gb * 2**30)
+
+
 def cache_from(args, encoder) -> FeatureCache:
     "The feature cache the options ask for: --cache-dir, and --max-disk as its size on disk."
-    if args.max_disk is not None and not args.max_disk > 0:
-        raise UsageError(f"--max-disk must be a size in GB > 0, got {args.max_disk}")
-    return FeatureCache(
-        encoder, args.cache_dir, max_disk_bytes=None if args.max_disk is None else int(args.max_disk * 2**30)
-    )
+    return FeatureCache(encoder, args.cache_dir, max_disk_bytes=disk_limit(args))
 
 
 ENCODER_OPTIONS = {"encoder": "model_type", "checkpoint": "checkpoint", "storage_dtype": "storage_dtype"}
@@ -186,7 +190,9 @@ def eval_command(args) -> dict:
             "random_weights": cache.encoder.config.resolved_checkpoint() is None,
         }
     refiner = refiner_from(args)
-    methods["refined"] = refined_method(refiner, records, noise, refiner_cache(refiner, args.cache_dir))
+    methods["refined"] = refined_method(
+        refiner, records, noise, refiner_cache(refiner, args.cache_dir, disk_limit(args))
+    )
     result["refiner"] = refiner.about
     print(metrics_table(methods))
     print(f"refined ({refiner.about}, min_gain {refiner.min_gain:+.2f}): {change_line(methods['refined'])}")
@@ -276,7 +282,9 @@ def refine_command(args) -> dict:
     refiner = refiner_from(args)
     print(f"refiner: {refiner.about}")
     records = records_from(args)
-    refined = refine_records(refiner, records, [r.boxes for r in records], refiner_cache(refiner, args.cache_dir))
+    refined = refine_records(
+        refiner, records, [r.boxes for r in records], refiner_cache(refiner, args.cache_dir, disk_limit(args))
+    )
     no_id = sum(isinstance(a, dict) and "id" not in a for a in coco["annotations"])
     out, n = refined_coco(coco, records, refined, refiner.about, in_place=True)
     if no_id:

@@ -122,9 +122,9 @@ def say_once(line: str, file=None) -> None:
     "Print `line` to stderr once per machine for all the processes of a torchrun job; always outside torchrun."
     job = os.environ.get("TORCHELASTIC_RUN_ID")
     if job and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        mark = (
-            Path(tempfile.gettempdir()) / f"boxrefine-said-{hashlib.sha256(f'{job} {line}'.encode()).hexdigest()[:16]}"
-        )
+        # run ids repeat ("none" with a fixed --master-port): this launch's agent, the parent, tells launches apart
+        launch = f"{job} {os.getppid()} {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} {line}"
+        mark = Path(tempfile.gettempdir()) / f"boxrefine-said-{hashlib.sha256(launch.encode()).hexdigest()[:16]}"
         try:
             os.close(os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:

@@ -26,9 +26,11 @@ def refiner_at(run=None) -> BoxRefiner:
     return BoxRefiner.load(run) if run else load_prior()
 
 
-def refiner_cache(refiner: BoxRefiner, cache_dir=None) -> FeatureCache | None:
+def refiner_cache(refiner: BoxRefiner, cache_dir=None, max_disk_bytes: int | None = None) -> FeatureCache | None:
     "A cache over the refiner's training encoder when it reads SAM features, else None (no encoder is built)."
-    return FeatureCache(refiner.training_encoder(), cache_dir) if refiner.net.config.sam != "off" else None
+    if refiner.net.config.sam == "off":
+        return None
+    return FeatureCache(refiner.training_encoder(), cache_dir, max_disk_bytes=max_disk_bytes)
 
 # %% ../nbs/09_inference.ipynb #1887b8a2
 def refine_records(
