@@ -220,9 +220,9 @@ def config_from(args):
 def train_command(args):
     "Train a refiner; print where its files are and how it did. Under torchrun, every process runs this."
     check_max_images(args)
-    config = resolved_config(config_from(args))
+    config, record = resolved_config(config_from(args)), data_record(args.ann, args.images)  # hashed once
     if args.resume and not args.force:
-        check_resume(args.out, data_record(args.ann, args.images), config.encoder)
+        check_resume(args.out, record, config.encoder)
     rank, world = init_distributed(config.training.device)
     say = print if rank == 0 else (lambda *a, **k: None)
     data = load_coco(args.ann, args.images, verbose=rank == 0).records
@@ -258,7 +258,7 @@ def train_command(args):
         overwrite=args.overwrite,
         cbs=monitor,
         progress=rank == 0,
-        data_record=data_record(args.ann, args.images),
+        data_record=record,
     )
     if rank > 0:
         return learn

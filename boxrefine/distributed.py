@@ -91,10 +91,9 @@ def stats_over_ranks(stats: dict) -> dict:
     "Cache statistics added up over the processes, hit rate recomputed."
     if world()[1] == 1:
         return stats
-    keys = [k for k, v in stats.items() if isinstance(v, (int, float)) and k != "hit_rate"]
-    t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=collective_device())
-    dist.all_reduce(t)
-    out = {k: (int(v) if isinstance(stats[k], int) else v) for k, v in zip(keys, t.tolist())}
+    counts = {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and k != "hit_rate"}
+    sums, _ = sum_over_ranks(counts, 0)
+    out = {k: (int(v) if isinstance(stats[k], int) else v) for k, v in sums.items()}
     return {**out, "hit_rate": out["hits"] / max(out["hits"] + out["misses"], 1)}
 
 # %% ../nbs/01_distributed.ipynb #aa23699b

@@ -200,11 +200,12 @@ class EdgeLocator(nn.Module):
         f = self.net(image_crops(planes, windows, image_index, self.size))  # (N, C, P, P)
         n, p = len(f), f.shape[-1]
         where = torch.linspace(0, 1, p, device=f.device, dtype=f.dtype).expand(n, 1, p)
+        centres = (torch.arange(p, device=f.device, dtype=torch.float32) + 0.5) / p
+        bump = self.start_bump(centres)
         logits = [
-            head(torch.cat([f.mean(dim), f.amax(dim), where], 1)).float() + self.start_bump(p, f.device)
+            head(torch.cat([f.mean(dim), f.amax(dim), where], 1)).float() + bump
             for head, dim in ((self.head_x, 2), (self.head_y, 3))
         ]
-        centres = (torch.arange(p, device=f.device, dtype=torch.float32) + 0.5) / p
         (x1, x2), (y1, y2) = ((lg.softmax(-1) * centres).sum(-1).unbind(1) for lg in logits)  # window fractions
         win = windows.float()
         ww, wh = win[:, 2] - win[:, 0], win[:, 3] - win[:, 1]
@@ -212,10 +213,9 @@ class EdgeLocator(nn.Module):
         return out, (*logits, win)
 
     @staticmethod
-    def start_bump(p: int, device) -> Tensor:
-        "(2, P) log-weights of a narrow bump at each input edge: where the box's edges lie in its window."
-        centres = (torch.arange(p, device=device, dtype=torch.float32) + 0.5) / p
-        edges = torch.tensor([0.5 - 0.5 / EDGE_WINDOW, 0.5 + 0.5 / EDGE_WINDOW], device=device)
+    def start_bump(centres: Tensor) -> Tensor:
+        "(2, P) log-weights, at window positions `centres`, of a narrow bump at each input edge's place in the window."
+        edges = torch.tensor([0.5 - 0.5 / EDGE_WINDOW, 0.5 + 0.5 / EDGE_WINDOW], device=centres.device)
         return -(((centres - edges[:, None]) / EDGE_PRIOR) ** 2) / 2
 
 
@@ -259,14 +259,13 @@ class BoxRefinerNet(nn.Module):
             nn.init.zeros_(self.deltas.weight)
             nn.init.zeros_(self.deltas.bias)  # starts as the identity: no box moves
 
-    def features(self, batch: dict, boxes: Tensor, planes: list | None = None) -> Tensor:
-        "The head's input for `boxes`: every enabled branch, and the box geometry; `planes`: the `image_planes`."
+    def features(self, batch: dict, boxes: Tensor, planes: list | None) -> Tensor:
+        "The head's input for `boxes`: every enabled branch and the box geometry; `planes`: the batch's `image_planes`."
         idx, hw = batch["image_index"], batch["image_hw"]
         windows = context_boxes(boxes, self.config.context)
         parts = [self.geometry(box_geometry(boxes, hw[idx]))]
         feats = batch["features"]
         if self.crop_net is not None:
-            planes = planes if planes is not None else image_planes(feats["image"])
             parts.append(self.crop_net(image_crops(planes, windows, idx, self.config.crop_size)))
         if self.embedding_net is not None or self.interm_net is not None:
             cells = feature_windows(windows, idx, hw, feats["input_hw"])

@@ -145,7 +145,7 @@ class MetricsCB(Callback):
             self.sums[k] += v * n
         self.n += n
         if (hit := learn.batch["features"].get("cache_hit")) is not None:  # counted where the loader read it
-            self.reads["hits"] += hit.sum().item()
+            self.reads["hits"] += hit.sum()  # a tensor: read once per epoch, no sync per step
             self.reads["lookups"] += len(hit)
         if learn.training:
             learn.step_losses.append(values[0])
@@ -187,7 +187,7 @@ class MetricsCB(Callback):
             "seconds": time.perf_counter() - getattr(self, "fit_start", self.start),
             "precision": getattr(learn, "precision", None),
         }
-        reads, _ = sum_over_ranks(self.reads, 0)
+        reads, _ = sum_over_ranks({k: float(v) for k, v in self.reads.items()}, 0)
         if reads["lookups"]:
             row["cache_hit_rate"] = reads["hits"] / reads["lookups"]
         return row
@@ -303,8 +303,8 @@ class CheckpointCB(Callback):
             return
         state = checkpoint_state(learn, self.extra_state, self.config)
         if learn.best["epoch"] == learn.epoch:
-            save_checkpoint(state, self.run_dir / BEST)  # first: last.pt never claims a
-        save_checkpoint(state, self.run_dir / LAST)  # best that best.pt lacks
+            save_checkpoint(state, self.run_dir / BEST)  # first, so last.pt never claims a best that best.pt lacks
+        save_checkpoint(state, self.run_dir / LAST)
 
 
 class BestWeightsCB(Callback):
