@@ -14,10 +14,11 @@ from pathlib import Path
 from .boxes import ERROR_KINDS, BoxError
 from .cache import FeatureCache, NotACache
 from .config import DEMO_SETTINGS, ConfigError, load_config, resolved_config
-from .data import CocoError, ImageReadError, NoiseConfig, load_coco, load_sample
+from .data import CocoError, ImageReadError, NoiseConfig, load_sample
 from .distributed import init_distributed, say_once, stats_over_ranks, warm_shared
 from .encoder import DTYPES, MODEL_TYPES, CheckpointError, Encoder, EncoderConfig
-from .inference import move_summary, refine_records, refined_coco, refined_method, refiner_at, refiner_cache
+from .formats import FORMATS, Dataset, read_dataset
+from .inference import refine_dataset, refined_method, refiner_at, refiner_cache
 from .learner import NonFiniteLoss
 from .metrics import change_line, format_table, metrics_table, noise_table, noisy_baseline, sam_baseline
 from .prior import load_prior
@@ -27,9 +28,10 @@ from .train import NotEnoughData, RunMismatch, check_resume, data_record, split_
 
 # %% auto #0
 __all__ = ['ENCODER_OPTIONS', 'DEMO_MARKER', 'USER_ERRORS', 'UsageError', 'add_dataset_options', 'add_encoder_options',
-           'disk_limit', 'cache_from', 'encoder_settings', 'encoder_from', 'check_max_images', 'records_from',
-           'refiner_from', 'cache_command', 'eval_command', 'config_from', 'train_command', 'refine_command', 'demo',
-           'add_cache_parser', 'add_eval_parser', 'add_train_parser', 'add_refine_parser', 'parser', 'main']
+           'disk_limit', 'cache_from', 'encoder_settings', 'encoder_from', 'check_max_images', 'dataset_from',
+           'records_from', 'refiner_from', 'cache_command', 'eval_command', 'config_from', 'train_command',
+           'refine_command', 'demo', 'add_cache_parser', 'add_eval_parser', 'add_train_parser', 'add_refine_parser',
+           'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #9dfa87a7
 class UsageError(ValueError):
@@ -42,9 +44,20 @@ def add_dataset_options(
     required: bool = True,
     max_images: str = "use only the first N images",
 ) -> None:
-    "--ann, --images, --split (where `split` is not False), --max-images."
-    p.add_argument("--ann", type=Path, required=required, help="COCO instances JSON")
-    p.add_argument("--images", type=Path, required=required, help="folder the images' file_name fields are relative to")
+    "--ann, --images, --format, --images-from, --split (where `split` is not False), --max-images."
+    p.add_argument(
+        "--ann",
+        type=Path,
+        required=required,
+        help="the boxes: a COCO instances or results JSON, a YOLO data YAML or folder, or a Pascal VOC folder",
+    )
+    p.add_argument(
+        "--images", type=Path, default=None, help="the images' folder (needed for COCO; YOLO and VOC know theirs)"
+    )
+    p.add_argument("--format", default=None, choices=FORMATS, help="the format of --ann (default: detected)")
+    p.add_argument(
+        "--images-from", type=Path, default=None, help="for COCO results: the instances JSON with their image table"
+    )
     if split is not False:
         p.add_argument(
             "--split", default=split, help=f"keep images whose 'split' field is this (default: {split or 'all'})"
@@ -106,10 +119,15 @@ def check_max_images(args) -> None:
         raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
 
 
+def dataset_from(args) -> Dataset:
+    "The boxes of --ann in any format (--format, --images, --images-from)."
+    return read_dataset(args.ann, args.images, args.format, args.images_from)
+
+
 def records_from(args, verbose: bool = True) -> list:
     "The dataset's kept records, limited to --max-images."
     check_max_images(args)
-    records = load_coco(args.ann, args.images, split=args.split, verbose=verbose).records
+    records = dataset_from(args).load(verbose, split=args.split).records
     return records[: args.max_images] if args.max_images else records
 
 
@@ -220,12 +238,13 @@ def config_from(args):
 def train_command(args):
     "Train a refiner; print where its files are and how it did. Under torchrun, every process runs this."
     check_max_images(args)
-    config, record = resolved_config(config_from(args)), data_record(args.ann, args.images)  # hashed once
+    config, dataset = resolved_config(config_from(args)), dataset_from(args)
+    record = data_record(dataset.source, dataset.images, dataset.coco)  # hashed once
     if args.resume and not args.force:
         check_resume(args.out, record, config.encoder)
     rank, world = init_distributed(config.training.device)
     say = print if rank == 0 else (lambda *a, **k: None)
-    data = load_coco(args.ann, args.images, verbose=rank == 0).records
+    data = dataset.load(rank == 0).records
     if len(data) < 2:
         raise UsageError(f"{args.ann}: need at least 2 images with boxes to train and validate, found {len(data)}")
     train, val = split_records(data, config.data)
@@ -271,33 +290,30 @@ def train_command(args):
 
 # %% ../nbs/09_cli.ipynb #95bd57d1
 def refine_command(args) -> dict:
-    "Refine every box of a COCO file into a new COCO file."
-    if args.out.resolve() == args.ann.resolve():
-        raise UsageError(f"--out {args.out} is the input file: refine never overwrites its input")
-    if args.out.exists() and not args.overwrite:
-        raise UsageError(f"{args.out} exists: choose another --out, or pass --overwrite")
-    coco = json.loads(args.ann.read_text())
-    if not isinstance(coco.get("info", {}), dict):
-        raise UsageError(f"{args.ann}: 'info' must be a mapping, got {type(coco['info']).__name__}")
-    refiner = refiner_from(args)
-    print(f"refiner: {refiner.about}")
-    records = records_from(args)
-    refined = refine_records(
-        refiner, records, [r.boxes for r in records], refiner_cache(refiner, args.cache_dir, disk_limit(args))
+    "Refine every box of a dataset (any format) into a new file or folder, in its format or --to another."
+    check_max_images(args)
+    done = refine_dataset(
+        args.ann,
+        args.out,
+        args.run,
+        args.images,
+        args.format,
+        args.to,
+        args.images_from,
+        args.min_gain,
+        args.min_score,
+        args.split,
+        args.max_images,
+        args.overwrite,
+        args.cache_dir,
+        disk_limit(args),
     )
-    no_id = sum(isinstance(a, dict) and "id" not in a for a in coco["annotations"])
-    out, n = refined_coco(coco, records, refined, refiner.about, in_place=True)
-    if no_id:
-        print(f"{no_id} annotations have no id: they are matched by their position in {args.ann}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, json.dumps(out))
-    s = move_summary(records, refined)
     print(
-        f"refined {n} of {len(coco['annotations'])} annotations in {len(records)} images: moved {s['moved']}, kept "
-        f"{s['kept']} as they were (predicted gain below min_gain {refiner.min_gain:+.2f}); median IoU of a moved "
-        f"box to its input {s['median_iou_to_input']:.3f}; wrote {args.out}"
+        f"refined {done['refined']} of {done['annotations']} boxes in {done['images']} images: moved {done['moved']}, "
+        f"kept {done['kept']} as they were (predicted gain below min_gain {done['min_gain']:+.2f}); median IoU of a "
+        f"moved box to its input {done['median_iou_to_input']:.3f}; wrote {done['format']} to {args.out}"
     )
-    return out
+    return done
 
 # %% ../nbs/09_cli.ipynb #15784e35
 DEMO_MARKER = ".boxrefine-demo"
@@ -429,7 +445,7 @@ def add_train_parser(sub) -> None:
 
 # %% ../nbs/09_cli.ipynb #fe54698d
 def add_refine_parser(sub) -> None:
-    r = sub.add_parser("refine", help="refine the boxes of a COCO file with a trained run, into a new COCO file")
+    r = sub.add_parser("refine", help="refine the boxes of a dataset (COCO, COCO results, YOLO, VOC) into a new one")
     r.add_argument(
         "--run", type=Path, default=None, help="run folder (its best.pt) or refiner file (default: the shipped prior)"
     )
@@ -440,8 +456,12 @@ def add_refine_parser(sub) -> None:
         help="move a box only if its predicted IoU grows this much (default: the refiner's, chosen on validation data)",
     )
     add_dataset_options(r)
-    r.add_argument("--out", type=Path, required=True, help="the new COCO JSON to write")
-    r.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never the input)")
+    r.add_argument("--out", type=Path, required=True, help="the JSON file (COCO) or folder (YOLO, VOC) to write")
+    r.add_argument("--to", default=None, choices=FORMATS, help="the output's format (default: the input's)")
+    r.add_argument("--min-score", type=float, default=None, help="refine only boxes scored at least this")
+    r.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (never the input, nor a foreign folder)"
+    )
     r.add_argument(
         "--cache-dir", type=Path, default=None, help="feature cache root, for refiners that read SAM features"
     )
@@ -493,8 +513,8 @@ def main(
     "Run the `boxrefine` command."
     p = parser()
     args = p.parse_args(argv)
-    if args.command == "cache" and not (args.stats or args.clear) and not (args.ann and args.images):
-        p.error("cache: --ann and --images are required unless --stats or --clear is given")
+    if args.command == "cache" and not (args.stats or args.clear) and not args.ann:
+        p.error("cache: --ann is required unless --stats or --clear is given")
     try:
         args.handler(args)
     except USER_ERRORS as e:

@@ -81,6 +81,7 @@ class LoadConfig:
     image_ids: Sequence | None = None  # Keep only these image ids; None: all
     categories: Sequence | None = None  # Keep only boxes of these category ids or names; None: all
     min_size: float = 0.0  # Drop boxes narrower or lower than this many pixels (after clipping)
+    min_score: float | None = None  # Drop boxes whose `score` (a detection's) is below this; unscored boxes stay
     skip_crowd: bool = True  # Drop `iscrowd=1` boxes, as COCO evaluation ignores them
     decode_images: bool = (
         False  # Decode every image to check it (slow); otherwise read each header (size, EXIF orientation)
@@ -105,6 +106,7 @@ DROP_REASONS = {
     "not_selected": "boxes in images not selected (split or image ids)",
     "crowd": "crowd boxes (iscrowd=1)",
     "category": "boxes of categories not selected",
+    "low_score": "boxes scored below min_score",
     "bad_image": "boxes on missing, unreadable or mis-sized images",
     "zero_area": "boxes of zero width or height",
     "outside": "boxes wholly outside their image",
@@ -242,6 +244,7 @@ class _Annotations:
     xywh: np.ndarray  # (M, 4) float64 boxes as in the file
     category: np.ndarray  # (M,) int64
     crowd: np.ndarray  # (M,) bool
+    score: np.ndarray  # (M,) float64 `score` of each box (detections); NaN where it has none
 
 
 def annotation_key(ann: dict, i: int):
@@ -250,7 +253,7 @@ def annotation_key(ann: dict, i: int):
 
 
 def _annotation_row(ann: dict, i: int, index: dict, categories: dict, path: Path) -> tuple:
-    "One annotation, checked: (id, image position, bbox, category id, crowd)."
+    "One annotation, checked: (id, image position, bbox, category id, crowd, score or NaN)."
     where = f"{path}: annotations[{i}] (id {ann.get('id', '?') if isinstance(ann, dict) else '?'})"
     image_id, bbox, cat = (_field(ann, k, where) for k in ("image_id", "bbox", "category_id"))
     if image_id not in index:
@@ -264,7 +267,10 @@ def _annotation_row(ann: dict, i: int, index: dict, categories: dict, path: Path
     crowd = ann.get("iscrowd", 0)
     if crowd not in (0, 1) or isinstance(crowd, float) and not crowd.is_integer():
         raise CocoError(f"{where} has iscrowd {crowd!r}: expected 0, 1, true or false")
-    return annotation_key(ann, i), index[image_id], bbox, cat, bool(crowd)
+    score = ann.get("score", math.nan)
+    if not (_is_number(score) or score is math.nan):
+        raise CocoError(f"{where} has score {score!r}: expected a finite number")
+    return annotation_key(ann, i), index[image_id], bbox, cat, bool(crowd), score
 
 
 def _annotation_table(anns: list, index: dict, categories: dict, path: Path) -> _Annotations:
@@ -286,13 +292,14 @@ def _annotation_table(anns: list, index: dict, categories: dict, path: Path) -> 
                 "annotation ids must be unique"
             )
         seen[a["id"]] = i
-    ids, image, xywh, cat, crowd = zip(*rows) if rows else ([], [], [], [], [])
+    ids, image, xywh, cat, crowd, score = zip(*rows) if rows else ([], [], [], [], [], [])
     return _Annotations(
         list(ids),
         np.array(image, np.int64),
         np.array(xywh, np.float64).reshape(-1, 4),
         np.array(cat, np.int64),
         np.array(crowd, bool),
+        np.array(score, np.float64),
     )
 
 # %% ../nbs/04_data.ipynb #f5db71ba
@@ -385,6 +392,7 @@ def _clip_and_judge_boxes(
         ~selected[table.image],
         table.crowd & config.skip_crowd,
         other_category,
+        table.score < (-math.inf if config.min_score is None else config.min_score),  # NaN (no score) is kept
         ~usable[table.image],
         (table.xywh[:, 2:] == 0).any(1),
         (size == 0).any(1),
@@ -441,12 +449,13 @@ def load_coco(
     images,  # The folder that the images' `file_name`s are relative to
     config: LoadConfig | None = None,  # What to keep; None: `LoadConfig()`
     verbose: bool = True,  # Print the report
+    coco: dict | None = None,  # The file's contents when already read or converted from another format (`formats`)
     **overrides,  # Fields of `LoadConfig` to change, e.g. `split="test"`
 ) -> CocoData:  # The kept records, the categories and the report
     "Load and check a COCO dataset: records of the kept images and boxes, and a report of what was dropped and why."
     path, root = Path(annotations), Path(images)
     config = replace(config or LoadConfig(), **overrides)
-    coco = _read_json(path)
+    coco = _read_json(path) if coco is None else coco
     image_list = _field(coco, "images", str(path))
     index, categories = _index_images(image_list, path), _category_names(coco, path)
     table = _annotation_table(_field(coco, "annotations", str(path)), index, categories, path)

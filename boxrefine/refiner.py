@@ -50,7 +50,7 @@ class RefinerConfig:
     iterations: int = 2  # Refinement passes, trained jointly
     hidden: int = 256  # Width of the head
     quality_weight: float = 1.0  # Weight of the quality (predicted IoU) loss
-    head: str = "regression"  # How boxes move: "regression" (four deltas) or "edges" (a position distribution per edge)
+    head: str = "edges"  # How boxes move: "regression" (four deltas) or "edges" (a position distribution per edge)
 
     def __post_init__(self):
         if self.sam not in SAM_INPUTS:
@@ -98,8 +98,8 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-def _conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.GroupNorm(8, cout), nn.ReLU(inplace=True))
+def _conv(cin: int, cout: int, stride: int = 2) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(8, cout), nn.ReLU(inplace=True))
 
 
 class CropEncoder(nn.Module):
@@ -187,12 +187,8 @@ class EdgeLocator(nn.Module):
     def __init__(self, size: int, width: int = 32):
         super().__init__()
         self.size, w = size, width
-        self.net = nn.Sequential(
-            _conv(3, w),
-            nn.Conv2d(w, 2 * w, 3, 1, 1, bias=False), nn.GroupNorm(8, 2 * w), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * w, 2 * w, 3, 1, 1, bias=False), nn.GroupNorm(8, 2 * w), nn.ReLU(inplace=True),
-        )  # fmt: skip
-        self.head_x, self.head_y = _position_head(4 * w + 1, 2 * w), _position_head(4 * w + 1, 2 * w)
+        self.net = nn.Sequential(_conv(3, w), _conv(w, w, stride=1), _conv(w, w, stride=1))  # half resolution
+        self.head_x, self.head_y = _position_head(2 * w + 1, 2 * w), _position_head(2 * w + 1, 2 * w)
 
     def forward(self, planes: list, boxes: Tensor, image_index: Tensor) -> tuple:
         "(boxes (N, 4) xyxy, (x logits (N, 2, P), y logits (N, 2, P), windows (N, 4))) for `boxes`."

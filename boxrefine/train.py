@@ -539,12 +539,13 @@ class RunMismatch(ValueError):
     "A run resumed on other data or another encoder than it recorded."
 
 
-def data_record(ann, images) -> dict:
-    "What a run trains on: the annotation file (with its hash) and the image folder."
+def data_record(ann, images, coco: dict | None = None) -> dict:
+    "What a run trains on: the annotations, hashed (a JSON file's bytes, else `coco`, the boxes read), and the images."
     ann, images = Path(ann), Path(images)
+    content = ann.read_bytes() if ann.suffix.lower() == ".json" or coco is None else json.dumps(coco, sort_keys=True)
     return {
         "annotations": str(ann.resolve()),
-        "annotations_sha256": hashlib.sha256(ann.read_bytes()).hexdigest(),
+        "annotations_sha256": hashlib.sha256(content if isinstance(content, bytes) else content.encode()).hexdigest(),
         "images": str(images.resolve()),
     }
 

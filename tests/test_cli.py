@@ -227,7 +227,7 @@ def test_refine_and_eval_use_the_prior_and_report_what_the_gate_did(tmp_path):
 def test_bad_inputs_end_with_one_line(tmp_path):
     "A folder as --ann, an info that is not a mapping, --max-images 0, a split without boxes: one line each, no file."
     cases = [
-        (["eval", "--ann", str(tmp_path), "--images", str(tmp_path), "--no-sam"], "not a COCO JSON file"),
+        (["eval", "--ann", str(tmp_path), "--images", str(tmp_path), "--no-sam"], "a folder with neither XML files"),
         (["eval", *SAMPLE, "--split", "val", "--no-sam", "--max-images", "0"], "--max-images must be >= 1"),
     ]
     coco = json.loads(sample_paths().annotations.read_text())

@@ -86,13 +86,18 @@ def test_each_defect_is_counted_under_its_reason(tmp_path, capsys):
         ann(9, [2, 2, 10, 10], image_id=2),
         ann(10, [2, 2, 10, 10], category_id=2),
         ann(11, [1, 1, 5, 5], image_id=3),
+        ann(12, [2, 2, 10, 10], score=0.2),  # a detection below min_score
+        ann(13, [2, 2, 10, 10], score=0.5),
     ]
-    data = load_coco(write_coco(tmp_path, images, anns), tmp_path, split="train", categories=["cell"], min_size=4)
+    data = load_coco(
+        write_coco(tmp_path, images, anns), tmp_path, split="train", categories=["cell"], min_size=4, min_score=0.5
+    )
     report = data.report
     assert report.dropped == {
         "not_selected": [11],
         "crowd": [7],
         "category": [10],
+        "low_score": [12],
         "bad_image": [9],
         "zero_area": [5, 6],
         "outside": [4],
@@ -101,19 +106,21 @@ def test_each_defect_is_counted_under_its_reason(tmp_path, capsys):
     assert report.clipped == [2, 3] and report.missing_images == ["gone.png"]
     assert (report.images, report.boxes, report.images_not_selected, report.images_in_file, report.boxes_in_file) == (
         1,
-        3,
+        4,
         1,
         3,
-        11,
+        13,
     )
     assert report.boxes + sum(map(len, report.dropped.values())) == report.boxes_in_file
-    torch.testing.assert_close(data.records[0].boxes, torch.tensor([[2.0, 2, 12, 12], [35, 2, 40, 12], [0, 0, 5, 5]]))
+    torch.testing.assert_close(
+        data.records[0].boxes, torch.tensor([[2.0, 2, 12, 12], [35, 2, 40, 12], [0, 0, 5, 5], [2, 2, 12, 12]])
+    )
     out = capsys.readouterr().out
-    assert "kept 1 of 3 images and 3 of 11 boxes" in out and "dropped boxes of zero width or height: 2" in out
+    assert "kept 1 of 3 images and 4 of 13 boxes" in out and "dropped boxes of zero width or height: 2" in out
     assert "missing images (1): gone.png" in out
     # without the filters, the crowd, "dust" and 3-pixel boxes and image 3 are kept too
     everything = load_coco(write_coco(tmp_path, images, anns), tmp_path, skip_crowd=False, verbose=False)
-    assert [r.id for r in everything.records] == [1, 3] and everything.report.boxes == 7
+    assert [r.id for r in everything.records] == [1, 3] and everything.report.boxes == 9
 
 
 @pytest.mark.parametrize(

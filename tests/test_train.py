@@ -114,7 +114,7 @@ def test_refine_writes_a_new_coco_file_and_never_overwrites(cli_run, tmp_path):
         run("refine", "--run", str(out), *SAMPLE, "--out", str(target)).returncode == 2
     )  # exists: refused without --overwrite
     same = run("refine", "--run", str(out), *SAMPLE, "--out", str(sample_paths().annotations))
-    assert same.returncode == 2 and "never overwrites its input" in same.stderr
+    assert same.returncode == 2 and "refine never overwrites its input" in same.stderr
     assert json.loads(sample_paths().annotations.read_text()) == before
 
 
