@@ -17,10 +17,18 @@ from .config import DEMO_SETTINGS, ConfigError, load_config, resolved_config
 from .data import CocoError, ImageReadError, NoiseConfig, load_sample
 from .distributed import init_distributed, say_once, stats_over_ranks, warm_shared
 from .encoder import DTYPES, MODEL_TYPES, CheckpointError, Encoder, EncoderConfig
-from .formats import FORMATS, Dataset, read_dataset
-from .inference import refine_dataset, refined_method, refiner_at, refiner_cache
+from .formats import FORMATS, Dataset, detect_format, read_dataset
+from .inference import refine_dataset, refined_detections, refined_method, refiner_at, refiner_cache
 from .learner import NonFiniteLoss
-from .metrics import change_line, format_table, metrics_table, noise_table, noisy_baseline, sam_baseline
+from boxrefine.metrics import (
+    DETECTION_COLUMNS,
+    change_line,
+    format_table,
+    metrics_table,
+    noise_table,
+    noisy_baseline,
+    sam_baseline,
+)
 from .prior import load_prior
 from .refiner import BoxRefiner, EncoderMismatch, NonFiniteOutput
 from .run import NotARefinerCheckpoint, RunExists, atomic_write
@@ -29,9 +37,9 @@ from .train import NotEnoughData, RunMismatch, check_resume, data_record, split_
 # %% auto #0
 __all__ = ['ENCODER_OPTIONS', 'DEMO_MARKER', 'USER_ERRORS', 'UsageError', 'add_dataset_options', 'add_encoder_options',
            'disk_limit', 'cache_from', 'encoder_settings', 'encoder_from', 'check_max_images', 'dataset_from',
-           'records_from', 'refiner_from', 'cache_command', 'eval_command', 'config_from', 'train_command',
-           'refine_command', 'demo', 'add_cache_parser', 'add_eval_parser', 'add_train_parser', 'add_refine_parser',
-           'parser', 'main']
+           'records_from', 'refiner_from', 'cache_command', 'eval_command', 'eval_detections', 'config_from',
+           'train_command', 'refine_command', 'demo', 'add_cache_parser', 'add_eval_parser', 'add_train_parser',
+           'add_refine_parser', 'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #9dfa87a7
 class UsageError(ValueError):
@@ -186,6 +194,9 @@ def eval_command(args) -> dict:
         noise = NoiseConfig(r=args.noise, seed=args.seed, errors=args.errors)
     except ValueError as e:
         raise UsageError(f"--errors: {e}") from None
+    if args.detections:
+        return eval_detections(args)
+    args.split = args.split or "test"
     records = records_from(args)
     if not any(len(r.boxes) for r in records):
         raise UsageError(f"{args.ann}: split {args.split!r} holds no boxes to evaluate")
@@ -216,6 +227,28 @@ def eval_command(args) -> dict:
     print(f"refined ({refiner.about}, min_gain {refiner.min_gain:+.2f}): {change_line(methods['refined'])}")
     if result.get("encoder", {}).get("random_weights"):
         print("note: HQ-SAM ran with RANDOM weights: the 'sam' row says nothing about HQ-SAM")
+    if args.json:
+        atomic_write(args.json, json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return result
+
+
+def eval_detections(args) -> dict:
+    "Score detections (--detections) against --ann as given and refined: COCO AP by size, matched IoU, shares."
+    records = records_from(args)
+    images_from = args.ann if detect_format(args.detections) == "coco-results" else None
+    found = read_dataset(args.detections, args.images, images_from=images_from).load(False, split=args.split)
+    refiner = refiner_from(args)
+    result = refined_detections(
+        refiner, records, found.records, refiner_cache(refiner, args.cache_dir, disk_limit(args))
+    )
+    result["refiner"] = refiner.about
+    print(metrics_table({k: result[k] for k in ("given", "refined")}, "detections", DETECTION_COLUMNS))
+    print(
+        f"{result['detections']} detections on {len(records)} images, {result['matched']} matched to a true box "
+        f"(IoU >= 0.5); refined ({refiner.about}, min_gain {refiner.min_gain:+.2f}): {change_line(result)} "
+        "of the matched"
+    )
     if args.json:
         atomic_write(args.json, json.dumps(result, indent=1))
         print(f"wrote {args.json}")
@@ -405,10 +438,17 @@ def add_eval_parser(sub) -> None:
     )
     e.add_argument("--min-gain", type=float, default=None, help="the gate's margin (default: the refiner's)")
     e.add_argument("--no-sam", action="store_true", help="skip the HQ-SAM zero-shot baseline")
+    e.add_argument(
+        "--detections",
+        type=Path,
+        default=None,
+        help="score these detections (COCO results, YOLO or VOC; COCO results take --ann's image table) as given "
+        "and refined, against --ann: COCO AP by size and matched IoU; all images unless --split is given",
+    )
     e.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
     e.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     add_encoder_options(e)
-    e.set_defaults(handler=eval_command)
+    e.set_defaults(handler=eval_command, split=None)  # None: test, or all images with --detections
 
 # %% ../nbs/09_cli.ipynb #fe54698d
 def add_train_parser(sub) -> None:

@@ -100,6 +100,7 @@ class ImageBoxes:
     boxes: Tensor  # (N, 4) float32 xyxy pixels
     category_ids: Tensor  # (N,) int64
     annotation_ids: list | None = None  # The COCO annotation id of each box, when read from a file
+    scores: Tensor | None = None  # (N,) float32 `score` of each box (detections), NaN where it has none
 
 # %% ../nbs/04_data.ipynb #72a9d9d0
 DROP_REASONS = {
@@ -425,6 +426,7 @@ def _image_records(
             torch.tensor(boxes[g], dtype=torch.float32).reshape(-1, 4),
             torch.from_numpy(table.category[g]),
             [table.ids[i] for i in g],
+            torch.tensor(table.score[g], dtype=torch.float32),
         )
         for im, g, keep in zip(images, groups, keep_image)
         if keep

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -15,13 +17,13 @@ from .cache import FeatureCache
 from .data import NoiseConfig, annotation_key
 from .formats import SIDECAR, Dataset, FormatError, read_dataset, write_dataset
 from .machine import live_progress
-from .metrics import change_shares, evaluate_boxes
+from .metrics import change_shares, detection_ap, evaluate_boxes, match_detections
 from .prior import load_prior
 from .refiner import BoxRefiner
 
 # %% auto #0
-__all__ = ['refiner_at', 'refiner_cache', 'refine_records', 'refined_method', 'refined_coco', 'move_summary', 'check_output',
-           'refine_dataset']
+__all__ = ['refiner_at', 'refiner_cache', 'refine_records', 'refined_method', 'same_images', 'refined_detections', 'refined_coco',
+           'move_summary', 'check_output', 'refine_dataset']
 
 # %% ../nbs/09_inference.ipynb #545ba980
 def refiner_at(run=None) -> BoxRefiner:
@@ -74,6 +76,52 @@ def refined_method(
         **change_shares(before, after),
         "moved": moved,
     }
+
+# %% ../nbs/09_inference.ipynb #7bf50e90
+def same_images(records: list, detections: list) -> list:
+    "The detections of the records' images, given the records' ids: matched by file name (else by its last part)."
+    names = {r.file_name: r.id for r in records}
+    last = Counter(Path(r.file_name).name for r in records)
+    names |= {Path(r.file_name).name: r.id for r in records if last[Path(r.file_name).name] == 1}
+    found = [(d, names.get(d.file_name, names.get(Path(d.file_name).name))) for d in detections]
+    return [dataclasses.replace(d, id=i) for d, i in found if i is not None]
+
+
+def _matched_ious(records: list, detections: list, refined: list) -> tuple:
+    "IoU with its true box of each matched detection, as given and as refined."
+    truth = {r.id: r for r in records}
+    before, after = [torch.zeros(0)], [torch.zeros(0)]
+    for d, o in zip(detections, refined):
+        t = truth[d.id]
+        found, true = match_detections(t.boxes, t.category_ids, d.boxes, d.category_ids)
+        before.append(elementwise_iou(d.boxes[found], t.boxes[true]))
+        after.append(elementwise_iou(o.boxes[found], t.boxes[true]))
+    return torch.cat(before), torch.cat(after)
+
+
+def refined_detections(
+    refiner: BoxRefiner,
+    records: list,  # `ImageBoxes` with the true boxes
+    detections: list,  # `ImageBoxes` of the detections (same image ids), with their classes and scores
+    cache=None,
+    progress: bool = True,
+    min_gain: float | None = None,
+) -> dict:  # given, refined: `detection_ap` and matched_mean_iou; counts and change shares of the matched
+    "Detections scored as given and after refinement: COCO AP by size, and the mean IoU of the matched ones."
+    detections = same_images(records, detections)
+    refined = refine_records(refiner, detections, [d.boxes for d in detections], cache, progress, min_gain)
+    scores = [torch.nan_to_num(d.scores, nan=1.0) for d in detections]
+    before, after = _matched_ious(records, detections, refined)
+    moved = torch.cat([o.moved for o in refined] or [torch.zeros(0, dtype=torch.bool)])
+    rows = {
+        "given": {**detection_ap(records, detections, None, scores), "matched_mean_iou": before.mean().item()},
+        "refined": {
+            **detection_ap(records, detections, [o.boxes for o in refined], scores),
+            "matched_mean_iou": after.mean().item(),
+        },
+    }
+    counts = {"detections": len(moved), "matched": len(before), "moved": moved.double().mean().item()}
+    return {**rows, **counts, **change_shares(before, after)}
 
 # %% ../nbs/09_inference.ipynb #fed06df0
 def refined_coco(coco: dict, records: list, refined: list, refiner: str, in_place: bool = False) -> tuple:

@@ -15,15 +15,18 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
+from torchvision.ops import box_iou
+
 from .boxes import box_area, check_box_pair, convert_boxes, elementwise_iou, noisy_boxes
 from .data import NoiseConfig
 from .encoder import box_masks
 from .loss import box_loss
 
 # %% auto #0
-__all__ = ['IOU_THRESHOLDS', 'SMALL_AREA', 'LARGE_AREA', 'METRIC_KEYS', 'TABLE_COLUMNS', 'iou_summary', 'edge_errors',
-           'size_buckets', 'box_metrics', 'coco_ap', 'evaluate_boxes', 'noisy_baseline', 'metrics_table', 'noise_table',
-           'format_table', 'change_shares', 'change_line', 'mask_tight_boxes', 'sam_boxes', 'sam_baseline']
+__all__ = ['IOU_THRESHOLDS', 'SMALL_AREA', 'LARGE_AREA', 'DETECTION_COLUMNS', 'METRIC_KEYS', 'TABLE_COLUMNS', 'iou_summary',
+           'edge_errors', 'size_buckets', 'box_metrics', 'coco_ap', 'detection_ap', 'match_detections',
+           'evaluate_boxes', 'noisy_baseline', 'metrics_table', 'noise_table', 'format_table', 'change_shares',
+           'change_line', 'mask_tight_boxes', 'sam_boxes', 'sam_baseline']
 
 # %% ../nbs/07_metrics.ipynb #123c4eed
 IOU_THRESHOLDS = (0.5, 0.75, 0.9)
@@ -137,6 +140,64 @@ def coco_ap(
         E.evaluate()
         E.accumulate()
     return {"ap": _average_precision(E), "ap50": _average_precision(E, 0.5), "ap75": _average_precision(E, 0.75)}
+
+# %% ../nbs/07_metrics.ipynb #ee9817a1
+DETECTION_COLUMNS = {
+    "ap": "AP",
+    "ap50": "AP50",
+    "ap75": "AP75",
+    "ap_small": "AP small",
+    "ap_medium": "AP medium",
+    "ap_large": "AP large",
+    "matched_mean_iou": "matched mean IoU",
+}
+
+
+def detection_ap(
+    records: list,  # `ImageBoxes` with the true boxes
+    detections: list,  # `ImageBoxes` of the same images (same ids) holding the detections and their classes
+    boxes: list | None = None,  # Per detection record, its (N_i, 4) xyxy boxes; None: the records' own
+    scores: list | None = None,  # Per detection record, its (N_i,) scores; None: 1.0 for every box
+) -> dict:  # ap, ap50, ap75, ap_small, ap_medium, ap_large (NaN where no true box of that size)
+    "COCO AP of detections against the true boxes, overall and by object size, as pycocotools summarises it."
+    boxes = [d.boxes for d in detections] if boxes is None else boxes
+    scores = [torch.ones(len(b)) for b in boxes] if scores is None else scores
+    ids = {r.id for r in records}
+    keep = [i for i, d in enumerate(detections) if d.id in ids and len(boxes[i])]
+    names = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+    if not keep:
+        return dict.fromkeys(names, 0.0)
+    dets = _coco_annotations([detections[i] for i in keep], [boxes[i] for i in keep], [scores[i] for i in keep])
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = _coco_ground_truth(records)
+        E = COCOeval(gt, gt.loadRes(dets), "bbox")
+        E.evaluate()
+        E.accumulate()
+        E.summarize()
+    return {k: float(v) if v > -1 else math.nan for k, v in zip(names, E.stats[:6])}
+
+# %% ../nbs/07_metrics.ipynb #bb382f56
+def match_detections(
+    true: Tensor,  # (M, 4) xyxy true boxes of one image
+    true_classes: Tensor,  # (M,) their classes
+    found: Tensor,  # (N, 4) xyxy detections of the image
+    found_classes: Tensor,  # (N,) their classes
+    min_iou: float = 0.5,  # The least IoU of a pair
+) -> tuple:  # (detection indices, true box indices) of the pairs
+    "One-to-one pairs of true boxes and same-class detections with IoU >= `min_iou`, best pairs first."
+    if not len(true) or not len(found):
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    iou = box_iou(found.double(), true.double()) * (found_classes[:, None] == true_classes[None])
+    pairs, used_found, used_true = [], set(), set()
+    for k in iou.flatten().argsort(descending=True).tolist():
+        i, j = divmod(k, len(true))
+        if iou[i, j] < min_iou:
+            break
+        if i not in used_found and j not in used_true:
+            pairs.append((i, j))
+            used_found.add(i), used_true.add(j)
+    found_idx, true_idx = zip(*pairs) if pairs else ((), ())
+    return torch.tensor(found_idx, dtype=torch.long), torch.tensor(true_idx, dtype=torch.long)
 
 # %% ../nbs/07_metrics.ipynb #19ed6822
 METRIC_KEYS = ("mean_iou", "median_iou", "iou_ge_0.5", "iou_ge_0.75", "iou_ge_0.9", "ap", "ap50", "ap75")

@@ -26,11 +26,11 @@ from .loss import LossConfig, box_loss
 from .run import NotARefinerCheckpoint, checkpoint_file, read_checkpoint
 
 # %% auto #0
-__all__ = ['SAM_INPUTS', 'HEADS', 'PIXEL_MEAN', 'PIXEL_STD', 'EDGE_WINDOW', 'EDGE_PRIOR', 'REQUIRED_STATE', 'RefinerConfig',
-           'context_boxes', 'apply_deltas', 'CropEncoder', 'image_planes', 'image_crops', 'FeatureRoI',
-           'feature_windows', 'box_geometry', 'EdgeLocator', 'edge_position_loss', 'NonFiniteOutput', 'BoxRefinerNet',
-           'RefinerLoss', 'refiner_loss', 'EncoderMismatch', 'read_safetensors_refiner', 'read_refiner_checkpoint',
-           'BoxRefiner', 'image_inputs', 'Refinement', 'gate_boxes']
+__all__ = ['SAM_INPUTS', 'HEADS', 'PIXEL_MEAN', 'PIXEL_STD', 'EDGE_PRIOR', 'REQUIRED_STATE', 'RefinerConfig', 'context_boxes',
+           'apply_deltas', 'CropEncoder', 'image_planes', 'image_crops', 'FeatureRoI', 'feature_windows',
+           'box_geometry', 'EdgeLocator', 'edge_position_loss', 'NonFiniteOutput', 'BoxRefinerNet', 'RefinerLoss',
+           'refiner_loss', 'EncoderMismatch', 'read_safetensors_refiner', 'read_refiner_checkpoint', 'BoxRefiner',
+           'image_inputs', 'Refinement', 'gate_boxes']
 
 # %% ../nbs/05_refiner.ipynb #53994633
 SAM_INPUTS = ("off", "embedding", "embedding+interm", "auto")
@@ -51,6 +51,7 @@ class RefinerConfig:
     hidden: int = 256  # Width of the head
     quality_weight: float = 1.0  # Weight of the quality (predicted IoU) loss
     head: str = "edges"  # How boxes move: "regression" (four deltas) or "edges" (a position distribution per edge)
+    edge_windows: tuple = (2.0, 1.4)  # The edge head's window in each pass: the box scaled by this (the last repeats)
 
     def __post_init__(self):
         if self.sam not in SAM_INPUTS:
@@ -68,6 +69,9 @@ class RefinerConfig:
                 raise ValueError(f"model {name} must be >= 1, got {getattr(self, name)}")
         if self.head not in HEADS:
             raise ValueError(f"model head must be one of {HEADS}, got {self.head!r}")
+        object.__setattr__(self, "edge_windows", tuple(self.edge_windows))  # a list, read from JSON or YAML
+        if not self.edge_windows or min(self.edge_windows) <= 1:
+            raise ValueError(f"model edge_windows must be scales > 1, got {list(self.edge_windows)}")
         if not self.quality_weight >= 0:
             raise ValueError(f"model quality_weight must be >= 0, got {self.quality_weight}")
 
@@ -168,7 +172,7 @@ def box_geometry(boxes: Tensor, image_hw: Tensor) -> Tensor:
     return torch.cat([norm, size], 1)
 
 # %% ../nbs/05_refiner.ipynb #acae54e37e7d407bbb7b55eff062a284
-EDGE_WINDOW, EDGE_PRIOR = 2.0, 0.08  # the edge head's window (the box scaled by this) and its starting bump's width
+EDGE_PRIOR = 0.04  # the width of the edge head's starting bump, in window fractions per unit of window scale
 
 
 def _position_head(channels: int, width: int) -> nn.Sequential:
@@ -190,14 +194,14 @@ class EdgeLocator(nn.Module):
         self.net = nn.Sequential(_conv(3, w), _conv(w, w, stride=1), _conv(w, w, stride=1))  # half resolution
         self.head_x, self.head_y = _position_head(2 * w + 1, 2 * w), _position_head(2 * w + 1, 2 * w)
 
-    def forward(self, planes: list, boxes: Tensor, image_index: Tensor) -> tuple:
-        "(boxes (N, 4) xyxy, (x logits (N, 2, P), y logits (N, 2, P), windows (N, 4))) for `boxes`."
-        windows = context_boxes(boxes, EDGE_WINDOW)
+    def forward(self, planes: list, boxes: Tensor, image_index: Tensor, window: float = 2.0) -> tuple:
+        "(boxes (N, 4) xyxy, (x logits (N, 2, P), y logits (N, 2, P), windows (N, 4))) for `boxes` in `window`."
+        windows = context_boxes(boxes, window)
         f = self.net(image_crops(planes, windows, image_index, self.size))  # (N, C, P, P)
         n, p = len(f), f.shape[-1]
         where = torch.linspace(0, 1, p, device=f.device, dtype=f.dtype).expand(n, 1, p)
         centres = (torch.arange(p, device=f.device, dtype=torch.float32) + 0.5) / p
-        bump = self.start_bump(centres)
+        bump = self.start_bump(centres, window)
         logits = [
             head(torch.cat([f.mean(dim), f.amax(dim), where], 1)).float() + bump
             for head, dim in ((self.head_x, 2), (self.head_y, 3))
@@ -209,10 +213,10 @@ class EdgeLocator(nn.Module):
         return out, (*logits, win)
 
     @staticmethod
-    def start_bump(centres: Tensor) -> Tensor:
+    def start_bump(centres: Tensor, window: float) -> Tensor:
         "(2, P) log-weights, at window positions `centres`, of a narrow bump at each input edge's place in the window."
-        edges = torch.tensor([0.5 - 0.5 / EDGE_WINDOW, 0.5 + 0.5 / EDGE_WINDOW], device=centres.device)
-        return -(((centres - edges[:, None]) / EDGE_PRIOR) ** 2) / 2
+        edges = torch.tensor([0.5 - 0.5 / window, 0.5 + 0.5 / window], device=centres.device)
+        return -(((centres - edges[:, None]) / (EDGE_PRIOR * window)) ** 2) / 2  # narrower in narrower windows
 
 
 def edge_position_loss(edge_logits: list, true: Tensor) -> Tensor:
@@ -293,7 +297,8 @@ class BoxRefinerNet(nn.Module):
         "Each edge's move in box widths (x) and heights (y): regressed from the trunk, or where the edge head puts it."
         if self.deltas is not None:
             return self.deltas(x).float()
-        located, logits = self.edges(planes, boxes, idx)
+        windows = self.config.edge_windows
+        located, logits = self.edges(planes, boxes, idx, windows[min(len(edge_logits), len(windows) - 1)])
         edge_logits.append(logits)
         b = boxes.float()
         return (located - b) / (b[:, 2:] - b[:, :2]).clamp(min=1).repeat(1, 2)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from boxrefine.boxes import noisy_boxes
 from boxrefine.encoder import EncoderConfig
 from boxrefine.formats import SIDECAR, read_dataset
 from boxrefine.refiner import BoxRefiner, BoxRefinerNet, RefinerConfig
@@ -166,3 +168,27 @@ def test_refine_never_writes_into_the_input(tmp_path, identity, plates):
     bad = run("refine", *args)
     assert bad.returncode == 2 and "did not write" in bad.stderr
     assert {p: p.read_bytes() for p in (tmp_path / "yolo").rglob("*") if p.is_file()} == before
+
+
+def test_eval_detections_reports_ap_before_and_after(tmp_path, plates):
+    "Jittered boxes of real plates as a detector's results: the prior tightens the matched ones and raises AP75."
+    (tmp_path / "gt.json").write_text(json.dumps(plates))
+    dets = []
+    for im in plates["images"]:
+        anns = [a for a in plates["annotations"] if a["image_id"] == im["id"]]
+        xywh = torch.tensor([a["bbox"] for a in anns]).reshape(-1, 4)
+        xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+        noisy = noisy_boxes(xyxy, (im["height"], im["width"]), 0.2, 0, im["id"])
+        for a, b in zip(anns, noisy.tolist()):
+            box = [b[0], b[1], b[2] - b[0], b[3] - b[1]]
+            dets.append({"image_id": im["id"], "category_id": a["category_id"], "bbox": box, "score": 0.9})
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    args = ["--ann", str(tmp_path / "gt.json"), "--images", str(PLATES / "images"), "--no-sam"]
+    done = run("eval", *args, "--detections", str(tmp_path / "dets.json"), "--json", str(tmp_path / "e.json"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["detections"] == len(dets) and result["matched"] > 0.5 * len(dets)
+    given, refined = result["given"], result["refined"]
+    assert refined["matched_mean_iou"] > given["matched_mean_iou"] + 0.02
+    assert refined["ap75"] > given["ap75"] and set(given) >= {"ap", "ap50", "ap_small", "ap_medium", "ap_large"}
+    assert "| given |" in done.stdout and "| refined |" in done.stdout and "AP75" in done.stdout
