@@ -77,7 +77,7 @@ def refined_method(
         "moved": moved,
     }
 
-# %% ../nbs/09_inference.ipynb #7bf50e90
+# %% ../nbs/09_inference.ipynb #0f8380b9
 def same_images(records: list, detections: list) -> list:
     "The detections of the records' images, given the records' ids: matched by file name (else by its last part)."
     names = {r.file_name: r.id for r in records}

@@ -141,7 +141,7 @@ def coco_ap(
         E.accumulate()
     return {"ap": _average_precision(E), "ap50": _average_precision(E, 0.5), "ap75": _average_precision(E, 0.75)}
 
-# %% ../nbs/07_metrics.ipynb #ee9817a1
+# %% ../nbs/07_metrics.ipynb #ff6f4a49
 DETECTION_COLUMNS = {
     "ap": "AP",
     "ap50": "AP50",
@@ -176,7 +176,7 @@ def detection_ap(
         E.summarize()
     return {k: float(v) if v > -1 else math.nan for k, v in zip(names, E.stats[:6])}
 
-# %% ../nbs/07_metrics.ipynb #bb382f56
+# %% ../nbs/07_metrics.ipynb #1e24bda7
 def match_detections(
     true: Tensor,  # (M, 4) xyxy true boxes of one image
     true_classes: Tensor,  # (M,) their classes

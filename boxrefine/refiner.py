@@ -252,7 +252,7 @@ class BoxRefinerNet(nn.Module):
         self.trunk = nn.Sequential(
             nn.Linear(branches * h + 64, h), nn.ReLU(inplace=True), nn.Linear(h, h), nn.ReLU(inplace=True)
         )
-        self.quality, self.input_quality = nn.Linear(h, 1), nn.Linear(h, 1)
+        self.quality = nn.Linear(h, 1)  # the judge: a box's IoU, predicted from its own window (input or answer)
         self.deltas = nn.Linear(h, 4) if config.head == "regression" else None
         self.edges = EdgeLocator(config.crop_size, config.crop_width) if config.head == "edges" else None
         if self.deltas is not None:
@@ -285,12 +285,13 @@ class BoxRefinerNet(nn.Module):
             start = boxes.detach()
             x = self.trunk(self.features(batch, start, planes))
             if not passes:
-                input_quality = self.input_quality(x).float()[:, 0]  # judged from the input box's own window
+                input_quality = self.quality(x).float()[:, 0]  # the judge on the input box's window
             boxes = apply_deltas(start, self.box_deltas(x, start, planes, idx, edge_logits), hw)
             if not torch.isfinite(boxes).all():
                 raise NonFiniteOutput(f"non-finite prediction in refinement pass {len(passes) + 1}")
             passes.append(boxes)
-        out = {"boxes": passes, "quality": self.quality(x).float()[:, 0], "input_quality": input_quality}
+        judged = self.trunk(self.features(batch, boxes.detach(), planes))  # the judge on the answer's own window
+        out = {"boxes": passes, "quality": self.quality(judged).float()[:, 0], "input_quality": input_quality}
         return {**out, "edge_logits": edge_logits} if edge_logits else out
 
     def box_deltas(self, x: Tensor, boxes: Tensor, planes, idx: Tensor, edge_logits: list) -> Tensor:

@@ -192,3 +192,14 @@ def test_eval_detections_reports_ap_before_and_after(tmp_path, plates):
     assert refined["matched_mean_iou"] > given["matched_mean_iou"] + 0.02
     assert refined["ap75"] > given["ap75"] and set(given) >= {"ap", "ap50", "ap_small", "ap_medium", "ap_large"}
     assert "| given |" in done.stdout and "| refined |" in done.stdout and "AP75" in done.stdout
+
+
+def test_train_reads_a_voc_dataset(tmp_path, plates):
+    "`train` takes the same formats: a VOC folder trains a run for an epoch, its data record hashes the boxes read."
+    voc_tree(tmp_path / "voc", plates)
+    done = run("train", "--ann", str(tmp_path / "voc"), "--out", str(tmp_path / "run"), "--epochs", "1")
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert (
+        record["images"] == str((tmp_path / "voc" / "JPEGImages").resolve()) and len(record["annotations_sha256"]) == 64
+    )

@@ -16,7 +16,7 @@ def test_the_prior_ships_small_with_its_provenance():
 
 def test_the_prior_refines_the_bundled_sample_better_than_the_input():
     records, prior = load_sample(verbose=False).records, load_prior()
-    for noise, gain in ((NoiseConfig(r=0.2, seed=3), 0.03), (NoiseConfig(r=0.2, seed=3, errors="larger"), 0.02)):
+    for noise, gain in ((NoiseConfig(r=0.2, seed=3), 0.03), (NoiseConfig(r=0.2, seed=3, errors="larger"), 0.005)):
         noisy = [noise.noisy(r) for r in records]
         refined = [prior.refine(r.path, n)[0] for r, n in zip(records, noisy)]
         before, after = (

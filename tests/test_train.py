@@ -163,7 +163,7 @@ def test_non_finite_loss_names_the_batch(records):
     class Poison(Callback):
         def before_batch(self, learn):
             with torch.no_grad():
-                learn.model.deltas.bias.fill_(float("nan"))
+                learn.model.edges.head_x[-1].bias.fill_(float("nan"))  # the default edge head
 
     config = load_config(overrides=["training.epochs=1", "data.batch_size=2"])
     with pytest.raises(
