@@ -20,15 +20,8 @@ from .encoder import DTYPES, MODEL_TYPES, CheckpointError, Encoder, EncoderConfi
 from .formats import FORMATS, Dataset, detect_format, read_dataset
 from .inference import refine_dataset, refined_detections, refined_method, refiner_at, refiner_cache
 from .learner import NonFiniteLoss
-from boxrefine.metrics import (
-    DETECTION_COLUMNS,
-    change_line,
-    format_table,
-    metrics_table,
-    noise_table,
-    noisy_baseline,
-    sam_baseline,
-)
+from .metrics import DETECTION_COLUMNS, change_line, format_table, metrics_table, noise_table
+from .metrics import noisy_baseline, sam_baseline
 from .prior import load_prior
 from .refiner import BoxRefiner, EncoderMismatch, NonFiniteOutput
 from .run import NotARefinerCheckpoint, RunExists, atomic_write
@@ -236,8 +229,9 @@ def eval_command(args) -> dict:
 def eval_detections(args) -> dict:
     "Score detections (--detections) against --ann as given and refined: COCO AP by size, matched IoU, shares."
     records = records_from(args)
-    images_from = args.ann if detect_format(args.detections) == "coco-results" else None
-    found = read_dataset(args.detections, args.images, images_from=images_from).load(False, split=args.split)
+    kind = detect_format(args.detections)
+    images_from = args.ann if kind == "coco-results" else None
+    found = read_dataset(args.detections, args.images, kind, images_from).load(False, split=args.split)
     refiner = refiner_from(args)
     result = refined_detections(
         refiner, records, found.records, refiner_cache(refiner, args.cache_dir, disk_limit(args))

@@ -280,7 +280,8 @@ def read_voc(path, images=None) -> Dataset:
     folder = _voc_folder(path)
     if folder is None:
         raise FormatError(f"{path}: no VOC XML files here or in {path / 'Annotations'}")
-    root = Path(images) if images else next((p for p in (folder.parent / "JPEGImages",) if p.is_dir()), folder)
+    voc_images = folder.parent / "JPEGImages"
+    root = Path(images) if images else voc_images if voc_images.is_dir() else folder
     table, rows, skipped = [], [], []
     for file in sorted(folder.glob("*.xml")):
         xml = _parse_xml(file)

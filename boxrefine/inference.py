@@ -210,6 +210,9 @@ def refine_dataset(
     refined = refine_records(
         refiner, records, [r.boxes for r in records], refiner_cache(refiner, cache_dir, max_disk_bytes), progress
     )
+    no_id = sum(isinstance(a, dict) and "id" not in a for a in dataset.coco["annotations"])
+    if verbose and no_id and dataset.format == "coco":
+        print(f"{no_id} annotations have no id: they are matched by their position in {source}")
     coco, n = refined_coco(dataset.coco, records, refined, refiner.about, in_place=True)
     write_dataset(dataset, coco, out, to)
     return {
