@@ -6,6 +6,7 @@
 #   bash run.sh setup  create or update .venv only
 #   bash run.sh nbs    execute the notebooks in place (saving outputs), export and clean them
 #   bash run.sh docs   build the offline docs site into _build/site
+#   bash run.sh lab    open JupyterLab on the tutorial notebook, with the project's environment
 # Every command creates or reuses the virtual environment .venv inside the checkout and is safe to rerun.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -127,5 +128,6 @@ case "${1:-}" in
     setup) setup "[dev]" ;;
     nbs) execute_notebooks ;;
     docs) setup "[dev]"; "$PY" tools/docs.py build --out _build/site ;;
-    *) die "usage: bash run.sh demo|test|setup|nbs|docs" ;;
+    lab) setup "[dev]"; shift; exec "$VENV/bin/jupyter" lab nbs/tutorial_sample.ipynb "$@" ;;
+    *) die "usage: bash run.sh demo|test|setup|nbs|docs|lab" ;;
 esac

@@ -215,7 +215,7 @@ def eval_command(args) -> dict:
     methods["refined"] = refined_method(
         refiner, records, noise, refiner_cache(refiner, args.cache_dir, disk_limit(args))
     )
-    result["refiner"] = refiner.about
+    result["refiner"], result["min_gain"] = refiner.about, refiner.min_gain
     print(metrics_table(methods))
     print(f"refined ({refiner.about}, min_gain {refiner.min_gain:+.2f}): {change_line(methods['refined'])}")
     if result.get("encoder", {}).get("random_weights"):
@@ -236,7 +236,7 @@ def eval_detections(args) -> dict:
     result = refined_detections(
         refiner, records, found.records, refiner_cache(refiner, args.cache_dir, disk_limit(args))
     )
-    result["refiner"] = refiner.about
+    result["refiner"], result["min_gain"] = refiner.about, refiner.min_gain
     print(metrics_table({k: result[k] for k in ("given", "refined")}, "detections", DETECTION_COLUMNS))
     print(
         f"{result['detections']} detections on {len(records)} images, {result['matched']} matched to a true box "

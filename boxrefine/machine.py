@@ -21,8 +21,8 @@ from .run import atomic_write
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'cpu_name', 'cpu_description', 'native_bf16', 'time_call', 'autocast_context', 'bf16_slowdown',
-           'probe_file', 'user_cache_dir', 'probe_key', 'remembered_probe', 'SlowPrecisionWarning', 'PrecisionChoice',
-           'choose_precision', 'live_progress']
+           'probe_file', 'user_cache_dir', 'probe_key', 'remembered_probe', 'remembered_slowdown',
+           'SlowPrecisionWarning', 'PrecisionChoice', 'choose_precision', 'live_progress']
 
 # %% ../nbs/01_machine.ipynb #810e4871
 def cpu_name() -> str:
@@ -127,6 +127,11 @@ def remembered_probe(key: str, measure) -> dict:
         pass  # a read-only home only costs a probe next time
     return known[key]
 
+
+def remembered_slowdown(device: torch.device) -> float:
+    "`bf16_slowdown` on `device`, measured once per device and torch version (it takes seconds where bf16 is slow)."
+    return remembered_probe(probe_key(device, "bf16 slowdown"), lambda: {"ratio": bf16_slowdown(device)})["ratio"]
+
 # %% ../nbs/01_machine.ipynb #812c81ad
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -191,7 +196,7 @@ def _explicit(requested: str, device: torch.device) -> PrecisionChoice:
         )
     if device.type == "cpu" and requested == "bf16" and not native_bf16(device):
         warnings.warn(
-            f"bf16 on this {_device_words(device)} measured {bf16_slowdown(device):.1f}x slower "
+            f"bf16 on this {_device_words(device)} measured {remembered_slowdown(device):.1f}x slower "
             "than fp32 on a short workload: use precision auto or fp32",
             SlowPrecisionWarning,
         )

@@ -47,6 +47,7 @@ def show_boxes(
     legend: bool = True,  # Whether to add a legend of the kinds drawn
     max_side: int | None = None,  # Draw a thumbnail of at most this many pixels a side (boxes stay in image pixels)
     image_hw=None,  # The full image's (height, width) when `image` is already a thumbnail of it
+    names: dict | None = None,  # The legend's name for a kind, where it is not the kind's own (e.g. {"noisy": "input"})
 ):  # The axes
     "Draw an image with its true, noisy and predicted boxes in three styles; label predictions with their IoU."
     if ax is None:
@@ -67,7 +68,12 @@ def show_boxes(
         style = BOX_STYLES[kind]
         handles.append(
             Line2D(
-                [], [], color=style["edgecolor"], linewidth=style["linewidth"], linestyle=style["linestyle"], label=kind
+                [],
+                [],
+                color=style["edgecolor"],
+                linewidth=style["linewidth"],
+                linestyle=style["linestyle"],
+                label=(names or {}).get(kind, kind),
             )
         )
     if pred is not None and true is not None and len(pred) == len(true):
@@ -570,7 +576,14 @@ class ReviewWidget:
             for b in (a["bbox_input"], self.session.final_box(ann_id))
         )
         fig, ax = plt.subplots(figsize=(4, 4))
-        show_boxes(image, noisy=before, pred=after, ax=ax, title=self._label(ann_id).split(":")[0])
+        show_boxes(
+            image,
+            noisy=before,
+            pred=after,
+            ax=ax,
+            title=self._label(ann_id).split(":")[0],
+            names={"noisy": "input", "pred": "after review"},
+        )
         x1, y1, x2, y2 = torch.cat([before, after]).T
         w, h = (x2.max() - x1.min()).item(), (y2.max() - y1.min()).item()
         ax.set_xlim(x1.min().item() - self.pad * w, x2.max().item() + self.pad * w)

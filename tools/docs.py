@@ -202,6 +202,7 @@ def chromium():
         f"--user-data-dir={tempfile.mkdtemp(prefix='boxrefine-chromium-')}",
     ):
         opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for pages that report errors there
     return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=opts)
 
 
