@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -33,8 +34,8 @@ BOX_STYLES = {
 
 # %% auto #0
 __all__ = ['BOX_STYLES', 'REFRESH_CHOICES', 'BOX_KINDS', 'THUMBNAIL_SIDE', 'NUDGES', 'show_boxes', 'noise_picture',
-           'refinement_picture', 'in_notebook', 'figure_png', 'TrainingMonitor', 'drawn_boxes', 'ReviewSession',
-           'ReviewWidget']
+           'refinement_picture', 'in_notebook', 'figure_png', 'TrainingMonitor', 'answer_while_busy', 'drawn_boxes',
+           'ReviewSession', 'ReviewWidget']
 
 # %% ../nbs/08_widgets.ipynb #d0d38ef3
 def show_boxes(
@@ -168,6 +169,7 @@ class TrainingMonitor(Callback):
         )
         self.live = in_notebook() if live is None else live
         self.page, self.refreshes, self.skipped, self.seconds, self.learn, self.widget = 0, 0, 0, 0.0, None, None
+        self.fit_thread, self.asked = None, False  # the thread that trains; a redraw asked from another one
         self.preds = {}  # validation image index -> its last predicted boxes
 
     @property
@@ -176,11 +178,15 @@ class TrainingMonitor(Callback):
 
     def before_fit(self, learn):
         self.learn, self.fit_start, self.fit_end = learn, time.perf_counter(), None
+        self.fit_thread, self.asked = threading.get_ident(), False
         if self.live and self.widget is None:
             self._build_widget()
 
     def after_step(self, learn):
-        if self.active and self.every and learn.step_count % self.every == 0:
+        if self.asked:  # a control changed during training: redraw at once, whatever the budget
+            self.asked = False
+            self.refresh()
+        elif self.active and self.every and learn.step_count % self.every == 0:
             self.maybe_refresh()
 
     def after_epoch(self, learn):
@@ -189,6 +195,7 @@ class TrainingMonitor(Callback):
 
     def cleanup_fit(self, learn):  # also after an early stop
         self.fit_end, self.fit_seconds = time.perf_counter(), self.seconds  # what watching cost the training itself
+        self.fit_thread = None
         if self.active and learn.history:
             self.refresh()  # the final state, always, once training is over
 
@@ -329,6 +336,14 @@ def snapshot(self: TrainingMonitor):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/08_widgets.ipynb #dafd1cc6
+def answer_while_busy(widgets) -> None:
+    "Let the front end route messages from `widgets` to a kernel subshell, so that they are handled while a cell runs."
+    for widget in widgets:
+        comm = getattr(widget, "comm", None)
+        if comm is not None and "_reply_subshell_id" in vars(comm):  # ipykernel >= 7: the last writer's thread
+            del comm._reply_subshell_id  # the front end's choice of subshell applies again
+
 # %% ../nbs/08_widgets.ipynb #9dd29e0e
 @patch
 def _build_widget(self: TrainingMonitor) -> None:
@@ -351,6 +366,7 @@ def _build_widget(self: TrainingMonitor) -> None:
         box.observe(lambda ch, k=k: self.set_kind(k, ch["new"]), names="value")
     self.rate.observe(lambda ch: setattr(self, "every", REFRESH_CHOICES[ch["new"]]), names="value")
     controls = W.HBox([self.page_slider, *self.kind_boxes.values(), self.rate])
+    answer_while_busy(controls.children)
     self.widget = W.VBox([self.curves_image, controls, self.boxes_image])
     if in_notebook():
         display(self.widget)  # built but not shown when driven headlessly (tests, executed docs)
@@ -364,7 +380,7 @@ def set_page(self: TrainingMonitor, page: int) -> None:
         self.page_slider.value = page + 1  # its observer comes back here and redraws
         return
     self.page = page
-    self.refresh()
+    self.redraw()
 
 
 @patch
@@ -376,7 +392,16 @@ def set_kind(self: TrainingMonitor, kind: str, visible: bool) -> None:
         self.kind_boxes[kind].value = visible  # its observer comes back here and redraws
         return
     self.kinds = self.kinds | {kind} if visible else self.kinds - {kind}
-    self.refresh()
+    self.redraw()
+
+
+@patch
+def redraw(self: TrainingMonitor) -> None:
+    "Refresh now; or, asked from another thread while training runs, after the training's next step."
+    if self.fit_thread not in (None, threading.get_ident()):
+        self.asked = True  # the training thread uses the model: it redraws, within a step
+    else:
+        self.refresh()
 
 # %% ../nbs/08_widgets.ipynb #01cb496a
 def drawn_boxes(ax, kind: str) -> torch.Tensor:

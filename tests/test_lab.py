@@ -5,6 +5,9 @@ the page itself; the kernel is asked, through a second client, what the clicks d
 kept in _build/lab/.
 """
 
+import base64
+import hashlib
+import io
 import json
 import os
 import secrets
@@ -15,7 +18,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -162,15 +167,31 @@ def done(cell) -> bool:
     return any(ch.isdigit() for ch in prompt)
 
 
-DIGEST = """const [img, done] = arguments;
-fetch(img.src).then(r => r.arrayBuffer()).then(b => crypto.subtle.digest('SHA-256', b))
-  .then(h => done([...new Uint8Array(h)].map(x => x.toString(16).padStart(2, '0')).join('')))
-  .catch(() => done(null));"""
+PNG_OF = """const [img, done] = arguments;
+if (!img.src.startsWith('blob:')) { done(null); return; }
+fetch(img.src).then(r => r.blob()).then(b => new Promise(ok => {
+  const f = new FileReader(); f.onload = () => ok(f.result.split(',')[1]); f.readAsDataURL(b); }))
+  .then(done).catch(() => done(null));"""
+PICTURES = {}  # digest -> PNG bytes, of the pictures seen
 
 
 def picture(img) -> str | None:
-    "A digest of the picture an image element shows, read by the page from its source (None: it was replaced)."
-    return img.parent.execute_async_script(DIGEST, img)
+    "A digest of the PNG an image element shows, read by the page from its source (None: it was just replaced)."
+    data = img.parent.execute_async_script(PNG_OF, img)
+    if not data:  # replaced while read, or nothing drawn yet
+        return None
+    png = base64.b64decode(data)
+    assert png.startswith(b"\x89PNG"), png[:40]
+    digest = hashlib.sha256(png).hexdigest()
+    PICTURES[digest] = png
+    return digest
+
+
+def yellow_pixels(digest: str) -> int:
+    "How many pixels of a picture seen have the predicted boxes' yellow."
+    rgb = np.asarray(Image.open(io.BytesIO(PICTURES[digest])).convert("RGB")).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return int(((r > 220) & (g > 170) & (g < 235) & (b < 80)).sum())
 
 
 def kernel_client(lab: dict, notebook_name: str) -> BlockingKernelClient:
@@ -216,34 +237,36 @@ def widget_errors(driver, lab: dict) -> list:
     return shown + stderr + console + server
 
 
-def test_the_monitor_changes_during_training_and_its_controls_redraw_it(lab, browser):
+def test_the_monitor_changes_during_training_and_its_controls_answer_at_once(lab, browser):
     open_and_run_all(browser, lab, "monitor.ipynb")
     first = lambda d: cells(d)[0]  # noqa: E731
     images = lambda d: first(d).find_elements(By.CSS_SELECTOR, ".widget-image")  # noqa: E731
+    pred = lambda d: first(d).find_element(By.XPATH, ".//label[.//span[text()='pred']]//input[@type='checkbox']")  # noqa: E731
     until(browser, lambda d: len(images(d)) == 2, "the monitor's panel never appeared")
     shoot(browser, "01-monitor-appears")
-    curves, boxes, during = set(), set(), 0
+    curves, boxes, hidden_while_training = set(), {}, 0  # boxes: picture -> its yellow (predicted box) pixels
     while not done(first(browser)):  # training: watch the two pictures
-        c, b = images(browser)
-        curves.add(picture(c)), boxes.add(picture(b))
-        if len(boxes - {None}) > during and during < 3:
-            during = len(boxes - {None})
-            shoot(browser, f"02-monitor-during-training-{during}")
+        c, b = (picture(i) for i in images(browser))
+        curves.add(c)
+        if b is not None and b not in boxes:
+            boxes[b] = yellow_pixels(b)
+            hidden_while_training += len(boxes) > 2 and boxes[b] == 0
+            shoot(browser, f"02-monitor-during-training-{len(boxes)}")
+            if len(boxes) == 2:
+                pred(browser).click()  # hide the predicted boxes while the cell still trains
         time.sleep(0.2)
-    curves, boxes = curves - {None}, boxes - {None}
+    curves.discard(None)
     # 4 epochs, a refresh after each and one at the end: most are seen while the cell runs (a poll can miss one)
     assert len(boxes) >= 3 and len(curves) >= 3, (len(boxes), len(curves))
+    assert all(n > 0 for n in list(boxes.values())[:2])  # before the click: predicted boxes drawn
+    assert hidden_while_training >= 1, list(boxes.values())  # the click was answered while training ran
     until(browser, lambda d: done(cells(d)[1]), "the second training never finished")
     output = cells(browser)[1].find_element(By.CSS_SELECTOR, ".jp-OutputArea").text.splitlines()
     cost = next(line for line in output if line.startswith("monitor cost:"))
     (SHOTS / "monitor-cost.txt").write_text(f"{cost} (live kernel, {cpu_words()})\n")  # kept with the screenshots
     kernel = kernel_client(lab, "monitor.ipynb")
     try:
-        assert ask(kernel, "[monitor.refreshes, monitor.page, sorted(monitor.kinds)]") == [
-            5,
-            0,
-            ["noisy", "pred", "true"],
-        ]
+        assert ask(kernel, "[monitor.page, sorted(monitor.kinds)]") == [0, ["noisy", "true"]]
         shoot(browser, "03-monitor-after-training")
 
         shown = picture(images(browser)[1])
@@ -255,13 +278,14 @@ def test_the_monitor_changes_during_training_and_its_controls_redraw_it(lab, bro
         assert (page, title) == (1, f"image {third}")
         shoot(browser, "04-monitor-page-2")
 
-        pred = first(browser).find_element(By.XPATH, ".//label[.//span[text()='pred']]//input[@type='checkbox']")
-        pred.click()  # hide the predicted boxes
-        wait_for_change(browser, lambda d: images(d)[1], shown, "hiding the predicted boxes redrew nothing")
+        pred(browser).click()  # the predicted boxes again
+        shown = wait_for_change(browser, lambda d: images(d)[1], shown, "showing the predicted boxes redrew nothing")
+        assert yellow_pixels(shown) > 0
         drawn = "[len(drawn_boxes(monitor.last_figures[1].axes[0], k)) for k in ('true', 'noisy', 'pred')]"
-        true, noisy, hidden = ask(kernel, drawn, setup="from boxrefine.widgets import drawn_boxes")
-        assert true > 0 and noisy == true and hidden == 0 and ask(kernel, "sorted(monitor.kinds)") == ["noisy", "true"]
-        shoot(browser, "05-monitor-pred-hidden")
+        true, noisy, predicted = ask(kernel, drawn, setup="from boxrefine.widgets import drawn_boxes")
+        assert true > 0 and noisy == predicted == true
+        assert ask(kernel, "sorted(monitor.kinds)") == ["noisy", "pred", "true"]
+        shoot(browser, "05-monitor-pred-shown")
     finally:
         kernel.stop_channels()
     assert widget_errors(browser, lab) == []
