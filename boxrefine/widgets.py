@@ -336,7 +336,7 @@ def snapshot(self: TrainingMonitor):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_widgets.ipynb #dafd1cc6
+# %% ../nbs/08_widgets.ipynb #ec8723fe
 def answer_while_busy(widgets) -> None:
     "Let the front end route messages from `widgets` to a kernel subshell, so that they are handled while a cell runs."
     for widget in widgets:
