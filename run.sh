@@ -110,7 +110,7 @@ run_tests() {
     say "notebooks run (nbdev_test)";                       OMP_NUM_THREADS=1 "$bin/nbdev_test" --n_workers 2
     say "pytest tests/ (includes the offline docs build and its browser check)"
     # two test files at a time (pytest-xdist), one thread each, as for the notebooks; a file's fixtures stay in one process
-    OMP_NUM_THREADS=1 "$PY" -m pytest tests -q -p no:cacheprovider -n 2 --dist loadfile
+    OMP_NUM_THREADS=1 "$PY" -m pytest tests -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
     say "all checks passed in $((SECONDS - start)) s"
 }
 

@@ -132,7 +132,7 @@ def test_eval_and_demo_never_overwrite_what_they_did_not_make(tmp_path):
     )
 
 
-def test_bad_inputs_end_with_one_line(tmp_path):
+def test_bad_inputs_end_with_one_line(tmp_path, capsys):
     "A folder as --ann, an info that is not a mapping, --max-images 0, a split without boxes: one line each, no file."
     cases = [
         (["eval", "--ann", str(tmp_path), "--images", str(tmp_path), "--no-sam"], "a folder with neither XML files"),
@@ -175,10 +175,7 @@ def test_bad_inputs_end_with_one_line(tmp_path):
             "holds no boxes to evaluate",
         )
     )
-    for args, message in cases:
-        done = run(*args)
-        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, (
-            args,
-            done.stderr,
-        )
+    for args, message in cases:  # in this process: main() is what the console script runs
+        code, err = main(args), capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not (tmp_path / "o.json").exists()
