@@ -15,7 +15,7 @@ def test_eval_command_writes_the_contract(tmp_path):
         "--split",
         "val",
         "--max-images",
-        "2",
+        "1",
         "--noise",
         "0.2",
         "--cache-dir",
@@ -25,7 +25,7 @@ def test_eval_command_writes_the_contract(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    assert (result["n_images"], result["noise"], result["seed"], result["split"]) == (2, 0.2, 0, "val")
+    assert (result["n_images"], result["noise"], result["seed"], result["split"]) == (1, 0.2, 0, "val")
     assert result["n_boxes"] == result["methods"]["noisy"]["n_boxes"] > 0
     assert set(result["methods"]) == {"noisy", "sam", "refined"} and result["refiner"].startswith("the shipped prior")
     for method in result["methods"].values():
