@@ -513,9 +513,9 @@ def parser() -> argparse.ArgumentParser:
         "--out", default="boxrefine-demo", help="folder for the run and the pictures (default: boxrefine-demo)"
     )
     d.add_argument("--seed", type=int, default=0, help="seed of the noise, split and weights (default: 0)")
-    d.add_argument("--epochs", type=int, default=40, help="fine-tuning epochs (default: 40)")
+    d.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: 30)")
     d.set_defaults(
-        handler=lambda a: demo(a.out, a.seed, DEMO_SETTINGS + [f"training.epochs={a.epochs}"])
+        handler=lambda a: demo(a.out, a.seed, DEMO_SETTINGS + [f"training.epochs={a.epochs}"] * (a.epochs is not None))
     )  # later overrides win
     for add in (add_cache_parser, add_eval_parser, add_train_parser, add_refine_parser):
         add(sub)

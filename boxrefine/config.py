@@ -233,7 +233,7 @@ def save_config(config: Config, path) -> None:
 
 # %% ../nbs/06_config.ipynb #6d8d53b8
 DEMO_SETTINGS = [
-    "training.epochs=40",
+    "training.epochs=30",
     "data.batch_size=4",
     "training.lr=1e-3",
 ]  # the demo's gentle fine-tune of the prior
