@@ -6,8 +6,9 @@
 
 No pretrained detector can be had here, and torchvision's detectors trained from random weights for minutes on
 this CPU found nothing (bench/detector.py). This one needs no training: stained cells are darker than the
-plasma around them, so a pixel is a cell's where it is darker than an Otsu threshold of the image; an opening
-removes specks, and each connected region is a detection. Its boxes have a weak detector's errors: cells that
+plasma around them in green, so a pixel is a cell's where it is darker than an Otsu threshold of the image
+(at half resolution); an erosion removes specks and parts touching cells, each connected region is a detection,
+and its box grows back by the erosion. Its boxes have a weak detector's errors: cells that
 touch merge into one box, pale rims are cut off, and boxes follow the thresholded shape rather than the cell's
 outline. Class: purple regions (more blue than red) are WBC when large and Platelets when small, the rest RBC.
 Score: how round the region fills its box (a lone cell fills about 0.79 of it), times how far the region is
@@ -32,14 +33,6 @@ def otsu(gray: torch.Tensor) -> float:
     w0, m0 = p.cumsum(0), (p * levels).cumsum(0)
     between = (m0[-1] * w0 - m0) ** 2 / (w0 * (1 - w0)).clamp_min(1e-12)
     return levels[between.argmax()].item()
-
-
-def opened(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    "Morphological opening of a boolean mask with a square of side 2 * radius + 1."
-    k = 2 * radius + 1
-    x = mask[None, None].float()
-    eroded = -F.max_pool2d(-x, k, 1, radius)
-    return F.max_pool2d(eroded, k, 1, radius)[0, 0] > 0.5
 
 
 def components(mask: torch.Tensor) -> torch.Tensor:

@@ -20,18 +20,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from jupyter_client import BlockingKernelClient
 from PIL import Image
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from boxrefine.machine import cpu_description
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import docs  # noqa: E402
-
-pytest.importorskip("jupyterlab")
-from jupyter_client import BlockingKernelClient  # noqa: E402
-from selenium.common.exceptions import TimeoutException  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 SHOTS = ROOT / "_build" / "lab"
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook on show
@@ -126,12 +126,6 @@ def until(driver, condition, what: str, seconds: float = 120):
     except TimeoutException:
         shoot(driver, "failed-" + "-".join(what.split()[:6]))
         raise AssertionError(f"{what} (screenshot in {SHOTS})") from None
-
-
-def cpu_words() -> str:
-    from boxrefine.machine import cpu_description
-
-    return f"CPU {cpu_description()}"
 
 
 def shoot(driver, name: str) -> Path:
@@ -263,7 +257,9 @@ def test_the_monitor_changes_during_training_and_its_controls_answer_at_once(lab
     until(browser, lambda d: done(cells(d)[1]), "the second training never finished")
     output = cells(browser)[1].find_element(By.CSS_SELECTOR, ".jp-OutputArea").text.splitlines()
     cost = next(line for line in output if line.startswith("monitor cost:"))
-    (SHOTS / "monitor-cost.txt").write_text(f"{cost} (live kernel, {cpu_words()})\n")  # kept with the screenshots
+    (SHOTS / "monitor-cost.txt").write_text(
+        f"{cost} (live kernel, CPU {cpu_description()})\n"
+    )  # kept with the screenshots
     kernel = kernel_client(lab, "monitor.ipynb")
     try:
         assert ask(kernel, "[monitor.page, sorted(monitor.kinds)]") == [0, ["noisy", "true"]]
