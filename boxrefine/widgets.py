@@ -35,7 +35,7 @@ BOX_STYLES = {
 # %% auto #0
 __all__ = ['BOX_STYLES', 'REFRESH_CHOICES', 'BOX_KINDS', 'THUMBNAIL_SIDE', 'NUDGES', 'show_boxes', 'noise_picture',
            'refinement_picture', 'in_notebook', 'figure_png', 'TrainingMonitor', 'answer_while_busy', 'drawn_boxes',
-           'ReviewSession', 'ReviewWidget']
+           'ReviewSession', 'neighbourhood_figure', 'ReviewWidget']
 
 # %% ../nbs/08_widgets.ipynb #d0d38ef3
 def show_boxes(
@@ -444,6 +444,7 @@ class ReviewSession:
                 f"{self.refined_path} has no refined annotations (bbox_input): run `boxrefine refine` first"
             )
         self.files = {im["id"]: im["file_name"] for im in self.coco["images"]}
+        self.audit = bool((self.coco.get("info", {}).get("boxrefine") or {}).get("audit"))  # a box not reviewed stays
         self.decisions_path = self.out.with_name(self.out.name + ".decisions.json")
         self.refined_digest = hashlib.sha256(self.refined_path.read_bytes()).hexdigest()[:16]
         self.decisions = self._saved_decisions()
@@ -472,12 +473,19 @@ class ReviewSession:
         return 1 - elementwise_iou(boxes[:1], boxes[1:]).item()
 
     def order(self, by: str = "moved") -> list:
-        "Annotation ids, most moved first (`moved`) or least confident first (`quality`)."
+        "Annotation ids: most moved (`moved`), least confident (`quality`) or an audit's most suspicious first."
         if by == "moved":
             return sorted(self.anns, key=lambda i: -self.moved(i))
         if by == "quality":
             return sorted(self.anns, key=lambda i: self.anns[i]["quality"])
-        raise ValueError(f"order by 'moved' or 'quality', got {by!r}")
+        if by == "suspicion" and self.audit:
+            return sorted(self.anns, key=lambda i: -self.anns[i]["suspicion"])
+        raise ValueError(f"order by {' or '.join(map(repr, self.orders))}, got {by!r}")
+
+    @property
+    def orders(self) -> list:
+        "The orders this file can be reviewed in."
+        return ["suspicion", "moved", "quality"] if self.audit else ["moved", "quality"]
 
 # %% ../nbs/08_widgets.ipynb #adf35e5d
 @patch
@@ -506,9 +514,9 @@ def decide(self: ReviewSession, ann_id, action: str, delta=None) -> dict:
 
 @patch
 def final_box(self: ReviewSession, ann_id) -> list:
-    "The xywh box a decision gives."
+    "The xywh box a decision gives (an audit's box not yet reviewed: the given one)."
     a, d = self.anns[ann_id], self.decisions.get(ann_id, {})
-    if d.get("action") == "reject":
+    if d.get("action") == "reject" or (self.audit and not d):
         return list(a["bbox_input"])
     if d.get("action") == "nudge":
         x1, y1, x2, y2 = (
@@ -539,6 +547,27 @@ def write(self: ReviewSession) -> Path:
     atomic_write(self.out, json.dumps(out, indent=1))
     return self.out
 
+# %% ../nbs/08_widgets.ipynb #43712d39
+def neighbourhood_figure(
+    image,  # A path, PIL image or array
+    before: list,  # xywh box drawn red and dashed (the input)
+    after: list,  # xywh box drawn yellow (the answer)
+    title: str,  # The axes' title
+    names: dict | None = None,  # Legend names (None: no legend)
+    pad: float = 1.0,  # Margin around the two boxes, in units of their extent
+    size: float = 4.0,  # Figure side in inches
+):  # The figure
+    "Two boxes in their neighbourhood of an image: what review and audit pages show of a box."
+    before, after = (convert_boxes(torch.tensor([b], dtype=torch.float32), "xywh", "xyxy") for b in (before, after))
+    fig, ax = plt.subplots(figsize=(size, size))
+    image = read_image(image) if isinstance(image, (str, Path)) else image
+    show_boxes(image, noisy=before, pred=after, ax=ax, title=title, legend=names is not None, names=names)
+    x1, y1, x2, y2 = torch.cat([before, after]).T
+    w, h = (x2.max() - x1.min()).item(), (y2.max() - y1.min()).item()
+    ax.set_xlim(x1.min().item() - pad * w, x2.max().item() + pad * w)
+    ax.set_ylim(y2.max().item() + pad * h, y1.min().item() - pad * h)
+    return fig
+
 # %% ../nbs/08_widgets.ipynb #6495684f
 NUDGES = {
     "left ←": (-1, 0, 0, 0),
@@ -555,11 +584,11 @@ NUDGES = {
 class ReviewWidget:
     "A panel over a `ReviewSession`: a sorted list of boxes, before/after on the image, accept / reject / nudge, save."
 
-    def __init__(self, session: ReviewSession, by: str = "moved", pad: float = 1.0):
+    def __init__(self, session: ReviewSession, by: str | None = None, pad: float = 1.0):
         import ipywidgets as W
 
         self.session, self.pad = session, pad
-        self.sort = W.ToggleButtons(options=["moved", "quality"], value=by, description="order")
+        self.sort = W.ToggleButtons(options=session.orders, value=by or session.orders[0], description="order")
         self.list = W.Select(rows=12, layout=W.Layout(width="360px"))
         self.image = W.Image(format="png")
         self.status = W.HTML()
@@ -595,25 +624,14 @@ class ReviewWidget:
     def figure(self, ann_id):
         "The box's neighbourhood: input box (red, dashed) and the box the decision gives (yellow, dotted)."
         a = self.session.anns[ann_id]
-        image = read_image(self.session.images / self.session.files[a["image_id"]])
-        before, after = (
-            convert_boxes(torch.tensor([b], dtype=torch.float32), "xywh", "xyxy")
-            for b in (a["bbox_input"], self.session.final_box(ann_id))
+        return neighbourhood_figure(
+            self.session.images / self.session.files[a["image_id"]],
+            a["bbox_input"],
+            self.session.final_box(ann_id),
+            self._label(ann_id).split(":")[0],
+            {"noisy": "input", "pred": "after review"},
+            self.pad,
         )
-        fig, ax = plt.subplots(figsize=(4, 4))
-        show_boxes(
-            image,
-            noisy=before,
-            pred=after,
-            ax=ax,
-            title=self._label(ann_id).split(":")[0],
-            names={"noisy": "input", "pred": "after review"},
-        )
-        x1, y1, x2, y2 = torch.cat([before, after]).T
-        w, h = (x2.max() - x1.min()).item(), (y2.max() - y1.min()).item()
-        ax.set_xlim(x1.min().item() - self.pad * w, x2.max().item() + self.pad * w)
-        ax.set_ylim(y2.max().item() + self.pad * h, y1.min().item() - self.pad * h)
-        return fig
 
     def show(self) -> None:
         if self.list.value is None:
