@@ -24,10 +24,10 @@ from .boxes import box_iou, convert_boxes, elementwise_iou, stable_int
 from .config import load_config
 from .data import DROP_REASONS, annotation_key
 from .formats import Dataset, read_dataset
-from .inference import refine_records, refined_coco, refiner_at
+from .inference import refine_records, refined_coco, refiner_at, refiner_cache
 from .machine import cpu_description
 from .run import atomic_write
-from .train import DATA, data_record, split_records, train_refiner
+from .train import DATA, NotEnoughData, data_record, split_records, train_refiner
 
 # %% auto #0
 __all__ = ['AUDIT_FOLDS', 'AUDIT_SETTINGS', 'AUDIT_PASSES', 'DUPLICATE_IOU', 'MIN_JUDGED_SIDE', 'UNJUDGED_DROPS', 'AUDIT_FILES',
@@ -48,7 +48,7 @@ def image_folds(
 ) -> np.ndarray:  # (len(records),) the fold of each record
     "Each image's fold: the images in a seeded order of their ids, dealt round-robin into `k` folds."
     if not 2 <= k <= len(records):
-        raise ValueError(f"folds must be between 2 and the number of images ({len(records)}), got {k}")
+        raise NotEnoughData(f"folds must be between 2 and the number of images ({len(records)}), got {k}")
     order = sorted(range(len(records)), key=lambda i: stable_int((seed, records[i].id)))
     folds = np.empty(len(records), dtype=int)
     folds[order] = np.arange(len(records)) % k
@@ -226,6 +226,7 @@ def audit_records(
         scored = ["out of fold"] * len(records)
     else:
         refiner = refiner_at(run)
+        cache = cache if cache is not None else refiner_cache(refiner)
         judgements, fold_of = judge_boxes(refiner, records, [r.boxes for r in records], cache), [-1] * len(records)
         known = trained_on is not None
         scored = [("in sample" if r.id in trained_on else "out of sample") if known else "unknown" for r in records]
@@ -431,7 +432,8 @@ def audit_dataset(
     trained_on = run_training_images(run, dataset) if run is not None else None
     audit = audit_records(records, folds, run, settings, cache, progress, trained_on=trained_on)
     kept = {r.id for r in records}
-    audit.rows += [r for r in dropped_rows(dataset, data.report.dropped) if max_images is None or r["image_id"] in kept]
+    dropped = dropped_rows(dataset, data.report.dropped)
+    audit.rows += [{"rank": None, **r} for r in dropped if max_images is None or r["image_id"] in kept]
     audit.about["not_judged"] = sum(r["suspicion"] is None for r in audit.rows)
     write_audit(audit, dataset, out, top)
     return audit

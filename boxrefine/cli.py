@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .audit import AUDIT_FILES, AUDIT_FOLDS, AUDIT_REPORT_TOP, AUDIT_SETTINGS, Audit, audit_dataset
 from .boxes import ERROR_KINDS, BoxError
 from .cache import FeatureCache, NotACache
 from .config import DEMO_SETTINGS, ConfigError, load_config, resolved_config
@@ -31,8 +32,8 @@ from .train import NotEnoughData, RunMismatch, check_resume, data_record, split_
 __all__ = ['ENCODER_OPTIONS', 'DEMO_MARKER', 'USER_ERRORS', 'UsageError', 'add_dataset_options', 'add_encoder_options',
            'disk_limit', 'cache_from', 'encoder_settings', 'encoder_from', 'check_max_images', 'dataset_from',
            'records_from', 'refiner_from', 'cache_command', 'eval_command', 'eval_detections', 'config_from',
-           'train_command', 'refine_command', 'demo', 'add_cache_parser', 'add_eval_parser', 'add_train_parser',
-           'add_refine_parser', 'parser', 'main']
+           'train_command', 'refine_command', 'audit_command', 'demo', 'add_cache_parser', 'add_eval_parser',
+           'add_train_parser', 'add_refine_parser', 'add_audit_parser', 'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #9dfa87a7
 class UsageError(ValueError):
@@ -342,6 +343,37 @@ def refine_command(args) -> dict:
     )
     return done
 
+# %% ../nbs/09_cli.ipynb #acae54e37e7d407bbb7b55eff062a284
+def audit_command(args) -> Audit:
+    "Audit every box of a dataset: rank them by suspicion, propose a box for each, and write the audit folder."
+    check_max_images(args)
+    if args.folds < 2:
+        raise UsageError(f"--folds must be >= 2, got {args.folds}")
+    options = [f"encoder.{k}={json.dumps(v)}" for k, v in encoder_settings(args).items()]
+    settings = [*AUDIT_SETTINGS, *options, *["training.init=scratch"] * args.from_scratch, *(args.set or ())]
+    config = resolved_config(load_config(overrides=settings))
+    cache = None
+    if config.model.sam != "off" and args.run is None:
+        cache = cache_from(args, encoder_from(args, config.encoder))
+    audit = audit_dataset(
+        args.ann, args.out, args.images, args.format, args.folds, args.run, settings, args.split, args.max_images,
+        args.top, args.overwrite, cache,
+    )  # fmt: skip
+    a = audit.about
+    duplicates = sum(r["duplicate_of"] is not None for r in audit.rows)
+    print(f"audit: {a['scoring']}")
+    print(
+        f"judged {len(audit.judged)} boxes in {a['images']} images in {a['seconds']:.0f} s "
+        f"({a['not_judged']} not judged, {duplicates} near duplicates); most suspicious:"
+    )
+    for r in audit.judged[: args.show]:
+        print(
+            f"  #{r['rank']} annotation {r['annotation_id']} in {r['file_name']}: suspicion {r['suspicion']:.3f}, "
+            f"estimated IoU {r['estimated_iou']:.2f}, proposed {r['proposed']} for {r['given']}"
+        )
+    print(f"wrote {', '.join(AUDIT_FILES)} in {args.out}")
+    return audit
+
 # %% ../nbs/09_cli.ipynb #15784e35
 DEMO_MARKER = ".boxrefine-demo"
 
@@ -502,6 +534,27 @@ def add_refine_parser(sub) -> None:
     r.set_defaults(handler=refine_command)
 
 
+def add_audit_parser(sub) -> None:
+    a = sub.add_parser("audit", help="find the boxes of a dataset that look wrong, propose a box for each, report")
+    add_dataset_options(a)
+    a.add_argument(
+        "--out", type=Path, required=True, help="folder for audit.json, audit.csv, proposed.json, report.html"
+    )
+    a.add_argument("--folds", type=int, default=AUDIT_FOLDS, help=f"folds by image (default: {AUDIT_FOLDS})")
+    a.add_argument(
+        "--run", type=Path, default=None, help="judge with this run folder or refiner file instead (not out of fold)"
+    )
+    a.add_argument("--from-scratch", action="store_true", help="train the folds from random weights, not the prior")
+    a.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a setting of the folds' training (repeatable)"
+    )
+    a.add_argument("--top", type=int, default=AUDIT_REPORT_TOP, help="boxes pictured in report.html")
+    a.add_argument("--show", type=int, default=5, help="most suspicious boxes printed (default: 5)")
+    a.add_argument("--overwrite", action="store_true", help="replace an earlier audit in --out")
+    add_encoder_options(a)
+    a.set_defaults(handler=audit_command)
+
+
 def parser() -> argparse.ArgumentParser:
     "The `boxrefine` command's parser."
     p = argparse.ArgumentParser(prog="boxrefine", description="Learned bounding-box refinement on HQ-SAM features.")
@@ -517,7 +570,7 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(
         handler=lambda a: demo(a.out, a.seed, DEMO_SETTINGS + [f"training.epochs={a.epochs}"] * (a.epochs is not None))
     )  # later overrides win
-    for add in (add_cache_parser, add_eval_parser, add_train_parser, add_refine_parser):
+    for add in (add_cache_parser, add_eval_parser, add_train_parser, add_refine_parser, add_audit_parser):
         add(sub)
     return p
 
