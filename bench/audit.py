@@ -12,7 +12,8 @@ proposals of the top k are accepted:
 - in sample: one refiner fine-tuned (the audit's settings) on all the corrupted images, judging them;
 - the shipped prior alone (it trained on BCCD's train split, never on these images);
 - the audit: out of fold (3 folds), each fold's refiner fine-tuned from the prior on the others.
-Then the uncorrupted test split is audited out of fold, and the top of that audit is kept.
+Then the uncorrupted test split is audited out of fold, and the top of that audit is kept and drawn
+(`audit_uncorrupted_top.png`).
 Test images are never used to choose anything: the suspicion and the passes were chosen on BCCD's val split.
 """
 
@@ -95,6 +96,26 @@ def in_sample_refiner(records, run):
     return run
 
 
+def top_picture(rows, out, columns=4):
+    "The given box (red, dashed) and the proposal (yellow) of each row, in a grid."
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from boxrefine.widgets import neighbourhood_figure
+
+    fig, axes = plt.subplots(-(-len(rows) // columns), columns, figsize=(3 * columns, 3 * -(-len(rows) // columns)))
+    for ax, r in zip(axes.flat, rows):
+        title = f"#{r['rank']} ann {r['annotation_id']}: {r['suspicion']:.2f}" + (
+            f", repeats {r['duplicate_of']}" if r["duplicate_of"] is not None else ""
+        )
+        neighbourhood_figure(DATA / "images" / r["file_name"], r["given"], r["proposed"], title, ax=ax)
+    for ax in axes.flat[len(rows) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=60)
+
+
 def main():
     from boxrefine.audit import audit_records, size_outliers
     from boxrefine.data import load_coco
@@ -104,7 +125,11 @@ def main():
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", type=Path, default=Path(__file__).with_name("audit.json"))
+    p.add_argument("--picture", type=Path, default=Path(__file__).with_name("audit_uncorrupted_top.png"))
+    p.add_argument("--picture-only", action="store_true", help="draw the picture from --json, and stop")
     args = p.parse_args()
+    if args.picture_only:
+        return top_picture(json.loads(args.json.read_text())["uncorrupted"]["top"], args.picture)
     clean = [
         r
         for r in load_coco(DATA / "instances.json", DATA / "images", verbose=False, split="test").records
@@ -126,8 +151,9 @@ def main():
         start = time.perf_counter()
         run = in_sample_refiner(records, Path(d) / "run")
         audit = audit_records(records, run=run, progress=False)
+        score, proposed = audit_order(audit, records)
         out["methods"]["in sample"] = {
-            **scored(*audit_order(audit, records)[:1], spoilt, given, audit_order(audit, records)[1], truth),
+            **scored(score, spoilt, given, proposed, truth),
             "seconds": round(time.perf_counter() - start),
         }
     for name, kwargs in (("shipped prior alone", {"run": prior_path()}), ("audit, out of fold", {})):
@@ -138,6 +164,7 @@ def main():
     audit = audit_records(clean, progress=False)
     out["uncorrupted"] = {"about": audit.about, "top": audit.judged[:12]}
     args.json.write_text(json.dumps(out, indent=1))
+    top_picture(out["uncorrupted"]["top"], args.picture)
     print(json.dumps(out["methods"], indent=1))
 
 

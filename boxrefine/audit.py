@@ -31,8 +31,8 @@ from .train import DATA, NotEnoughData, data_record, split_records, train_refine
 
 # %% auto #0
 __all__ = ['AUDIT_FOLDS', 'AUDIT_SETTINGS', 'AUDIT_PASSES', 'DUPLICATE_IOU', 'MIN_JUDGED_SIDE', 'UNJUDGED_DROPS', 'AUDIT_FILES',
-           'CSV_COLUMNS', 'AUDIT_REPORT_TOP', 'image_folds', 'fold_refiner', 'Judgement', 'judge_boxes', 'suspicion',
-           'size_outliers', 'near_duplicates', 'Audit', 'ranked_rows', 'audit_records', 'audit_csv', 'audit_coco',
+           'CSV_COLUMNS', 'AUDIT_REPORT_TOP', 'image_folds', 'fold_refiner', 'suspicion', 'size_outliers', 'Judgement',
+           'judge_boxes', 'near_duplicates', 'Audit', 'ranked_rows', 'audit_records', 'audit_csv', 'audit_coco',
            'box_thumbnail', 'audit_html', 'write_audit', 'check_audit_folder', 'dropped_rows', 'run_training_images',
            'audit_dataset']
 
@@ -70,40 +70,13 @@ def fold_refiner(
     return train_refiner(config, train, val, cache=cache, progress=progress).refiner
 
 # %% ../nbs/10_audit.ipynb #938c804e27f84196a10c8828c723f798
-AUDIT_PASSES = 2  # Refinement passes of a proposal: each refines the previous answer
-
-
-class Judgement(NamedTuple):
-    "What a refiner says about the given boxes of one image."
-
-    estimated_iou: Tensor  # (N,) predicted IoU of each given box with its object
-    proposed: Tensor  # (N, 4) xyxy: the proposed box after `AUDIT_PASSES` passes
-    proposed_iou: Tensor  # (N,) predicted IoU of each proposed box
-
-
-def judge_boxes(
-    refiner,  # A `BoxRefiner`
-    records: list,  # `ImageBoxes`: the images
-    boxes: list,  # Per record, the (N_i, 4) xyxy given boxes
-    cache=None,  # The refiner's `FeatureCache`, when it reads SAM features
-    passes: int = AUDIT_PASSES,  # Refinement passes of the proposals
-    progress: bool = False,  # Show a progress bar
-) -> list:  # One `Judgement` per record
-    "The estimated IoU of every given box, and the box proposed for it."
-    first = refine_records(refiner, records, boxes, cache, progress, min_gain=-1.0)
-    last = first
-    for _ in range(passes - 1):
-        last = refine_records(refiner, records, [o.proposed for o in last], cache, False, min_gain=-1.0)
-    return [Judgement(f.input_quality, o.proposed, o.quality) for f, o in zip(first, last)]
-
-# %% ../nbs/10_audit.ipynb #8a65eabff63a45729fe45fb5ade58bdc
 def suspicion(
     estimated_iou: Tensor,  # (N,) the judge's estimated IoU of each given box
     given: Tensor,  # (N, 4) xyxy given boxes
-    proposed: Tensor,  # (N, 4) xyxy proposed boxes
+    answer: Tensor,  # (N, 4) xyxy the refiner's answer for each
 ) -> Tensor:  # (N,) in [0, 1]: higher is more suspicious
-    "How suspicious each given box is: the mean of 1 - its estimated IoU and 1 - its IoU with the proposal."
-    return 1 - (estimated_iou + elementwise_iou(given, proposed)) / 2
+    "How suspicious each given box is: the mean of 1 - its estimated IoU and 1 - its IoU with the answer."
+    return 1 - (estimated_iou + elementwise_iou(given, answer)) / 2
 
 
 def size_outliers(
@@ -119,6 +92,47 @@ def size_outliers(
         spread = 1.4826 * (logs[mine] - median).abs().median(0).values.clamp(min=1e-3)
         z[mine] = ((logs[mine] - median) / spread).abs().max(1).values
     return z
+
+# %% ../nbs/10_audit.ipynb #b43b363d81ae4b689946ece5c682cd59
+AUDIT_PASSES = 2  # Refinement passes of a proposal: each refines the previous answer
+
+
+class Judgement(NamedTuple):
+    "What a refiner says about the given boxes of one image."
+
+    estimated_iou: Tensor  # (N,) predicted IoU of each given box with its object
+    suspicion: Tensor  # (N,) how suspicious each given box is (`suspicion`)
+    proposed: Tensor  # (N, 4) xyxy: of the given box and each pass's answer, the one rated best
+    proposed_iou: Tensor  # (N,) its predicted IoU
+
+
+def _judgement(given: Tensor, answers: tuple) -> Judgement:
+    "One image's judgement from its given boxes and each pass's `Refinement`."
+    first = answers[0]
+    candidates = torch.stack([given, *(a.proposed for a in answers)])
+    ratings = torch.stack([first.input_quality, *(a.quality for a in answers)])
+    best = ratings.argmax(0)
+    return Judgement(
+        first.input_quality,
+        suspicion(first.input_quality, given, first.proposed),
+        candidates[best, torch.arange(len(given))],
+        ratings.max(0).values,
+    )
+
+
+def judge_boxes(
+    refiner,  # A `BoxRefiner`
+    records: list,  # `ImageBoxes`: the images
+    boxes: list,  # Per record, the (N_i, 4) xyxy given boxes
+    cache=None,  # The refiner's `FeatureCache`, when it reads SAM features
+    passes: int = AUDIT_PASSES,  # Refinement passes of the proposals
+    progress: bool = False,  # Show a progress bar
+) -> list:  # One `Judgement` per record
+    "Every given box's estimated IoU and suspicion, and the box proposed for it."
+    answers = [refine_records(refiner, records, boxes, cache, progress, min_gain=-1.0)]
+    for _ in range(passes - 1):
+        answers.append(refine_records(refiner, records, [a.proposed for a in answers[-1]], cache, False, min_gain=-1.0))
+    return [_judgement(given, steps) for given, steps in zip(boxes, zip(*answers))]
 
 # %% ../nbs/10_audit.ipynb #8309879909854d7188b41380fd92a7c3
 DUPLICATE_IOU = 0.8  # Two boxes of one class on one image overlapping at least this much: a near duplicate
@@ -160,7 +174,7 @@ def _xywh(boxes: Tensor) -> list:
 def _image_rows(record, judgement: Judgement, fold: int, scored: str) -> list:
     "The audit rows of one image's boxes."
     boxes, j = record.boxes, judgement
-    score, duplicates = suspicion(j.estimated_iou, boxes, j.proposed), near_duplicates(boxes, record.category_ids)
+    score, duplicates = j.suspicion, near_duplicates(boxes, record.category_ids)
     small = (boxes[:, 2:] - boxes[:, :2]).min(1).values < MIN_JUDGED_SIDE
     keys = record.annotation_ids or list(range(len(boxes)))
     return [

@@ -555,11 +555,12 @@ def neighbourhood_figure(
     title: str,  # The axes' title
     names: dict | None = None,  # Legend names (None: no legend)
     pad: float = 1.0,  # Margin around the two boxes, in units of their extent
-    size: float = 4.0,  # Figure side in inches
+    size: float = 4.0,  # Figure side in inches (a new figure)
+    ax=None,  # Draw on these axes instead of a new figure
 ):  # The figure
     "Two boxes in their neighbourhood of an image: what review and audit pages show of a box."
     before, after = (convert_boxes(torch.tensor([b], dtype=torch.float32), "xywh", "xyxy") for b in (before, after))
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, ax = plt.subplots(figsize=(size, size)) if ax is None else (ax.figure, ax)
     image = read_image(image) if isinstance(image, (str, Path)) else image
     show_boxes(image, noisy=before, pred=after, ax=ax, title=title, legend=names is not None, names=names)
     x1, y1, x2, y2 = torch.cat([before, after]).T

@@ -1,6 +1,8 @@
 "`boxrefine audit`: out-of-fold judging, the ranking, the files it writes, and the report in headless Chromium."
 
+import contextlib
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ import pytest
 from boxrefine import audit as audit_module
 from boxrefine.cli import main
 from boxrefine.data import load_coco, sample_paths
+from boxrefine.prior import prior_path
 from boxrefine.widgets import ReviewSession
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,11 +46,19 @@ def audit(tmp_path, ann, *extra):
     return code, out
 
 
-def test_audit_ranks_spoilt_boxes_first_out_of_fold_and_writes_every_file(tmp_path, capsys):
-    ann, spoilt = spoilt_sample(tmp_path)
-    code, out = audit(tmp_path, ann)
-    printed = capsys.readouterr().out
-    assert code == 0, printed
+@pytest.fixture(scope="module")
+def spoilt_audit(tmp_path_factory):
+    "The quick out-of-fold audit of the spoilt sample: the folder, the spoilt ids, what it printed."
+    tmp = tmp_path_factory.mktemp("spoilt")
+    ann, spoilt = spoilt_sample(tmp)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        code, out = audit(tmp, ann, "--top", "6")
+    assert code == 0, printed.getvalue()
+    return out, spoilt, printed.getvalue()
+
+
+def test_audit_ranks_spoilt_boxes_first_out_of_fold_and_writes_every_file(spoilt_audit):
+    out, spoilt, printed = spoilt_audit
     assert "out of fold: 2 folds by image" in printed and "judged 109 boxes in 6 images" in printed
     assert sorted(p.name for p in out.iterdir()) == sorted(audit_module.AUDIT_FILES)
     saved = json.loads((out / "audit.json").read_text())
@@ -111,7 +122,7 @@ def test_unjudgeable_boxes_and_near_duplicates_are_said_not_scored(tmp_path, cap
         {**box, "id": 9003, "bbox": [100, 100, 3, 3]},
     ]
     (tmp_path / "odd.json").write_text(json.dumps(coco))
-    code, out = audit(tmp_path, tmp_path / "odd.json")
+    code, out = audit(tmp_path, tmp_path / "odd.json", "--run", str(prior_path()))  # judged by the prior: no training
     assert code == 0, capsys.readouterr().out
     rows = {r["annotation_id"]: r for r in json.loads((out / "audit.json").read_text())["boxes"]}
     assert rows[9001]["duplicate_of"] == box["id"] and rows[9001]["suspicion"] is not None
@@ -149,10 +160,8 @@ def test_the_audit_refuses_to_write_into_the_input_or_over_other_files(tmp_path,
     assert "--folds must be >= 2" in capsys.readouterr().err
 
 
-def test_the_report_renders_offline_in_headless_chromium(tmp_path):
-    ann, spoilt = spoilt_sample(tmp_path)
-    code, out = audit(tmp_path, ann, "--top", "6")
-    assert code == 0
+def test_the_report_renders_offline_in_headless_chromium(spoilt_audit):
+    out = spoilt_audit[0]
     driver = docs.chromium()
     try:
         driver.get((out / "report.html").as_uri())
