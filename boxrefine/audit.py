@@ -446,6 +446,11 @@ def audit_dataset(
     trained_on = run_training_images(run, dataset) if run is not None else None
     audit = audit_records(records, folds, run, settings, cache, progress, trained_on=trained_on)
     kept = {r.id for r in records}
+    clipped = set(data.report.clipped)
+    for r in audit.rows:
+        r["note"] = r["note"] or (
+            "judged clipped to its image: the given box runs past the border" * (r["annotation_id"] in clipped)
+        )
     dropped = dropped_rows(dataset, data.report.dropped)
     audit.rows += [{"rank": None, **r} for r in dropped if max_images is None or r["image_id"] in kept]
     audit.about["not_judged"] = sum(r["suspicion"] is None for r in audit.rows)

@@ -18,7 +18,7 @@ from .data import NoiseConfig, annotation_key
 from .formats import SIDECAR, Dataset, FormatError, read_dataset, write_dataset
 from .machine import live_progress
 from .metrics import change_shares, detection_ap, evaluate_boxes, match_detections
-from .prior import load_prior
+from .prior import load_prior, prior_path
 from .refiner import BoxRefiner
 
 # %% auto #0
@@ -27,8 +27,8 @@ __all__ = ['refiner_at', 'refiner_cache', 'refine_records', 'refined_method', 's
 
 # %% ../nbs/09_inference.ipynb #545ba980
 def refiner_at(run=None) -> BoxRefiner:
-    "The refiner of `run` (a run folder or a refiner file), else the shipped prior."
-    return BoxRefiner.load(run) if run else load_prior()
+    "The refiner of `run` (a run folder or a refiner file), else (or when `run` is its file) the shipped prior."
+    return load_prior() if not run or Path(run).resolve() == prior_path().resolve() else BoxRefiner.load(run)
 
 
 def refiner_cache(refiner: BoxRefiner, cache_dir=None, max_disk_bytes: int | None = None) -> FeatureCache | None:

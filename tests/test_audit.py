@@ -120,6 +120,7 @@ def test_unjudgeable_boxes_and_near_duplicates_are_said_not_scored(tmp_path, cap
         {**box, "id": 9001, "bbox": [box["bbox"][0] + 1, box["bbox"][1], box["bbox"][2], box["bbox"][3]]},
         {**box, "id": 9002, "bbox": [10, 10, 0, 20]},
         {**box, "id": 9003, "bbox": [100, 100, 3, 3]},
+        {**box, "id": 9004, "bbox": [620, 100, 40, 30]},  # runs 20 px past the right border of the 640 px image
     ]
     (tmp_path / "odd.json").write_text(json.dumps(coco))
     code, out = audit(tmp_path, tmp_path / "odd.json", "--run", str(prior_path()))  # judged by the prior: no training
@@ -128,6 +129,7 @@ def test_unjudgeable_boxes_and_near_duplicates_are_said_not_scored(tmp_path, cap
     assert rows[9001]["duplicate_of"] == box["id"] and rows[9001]["suspicion"] is not None
     assert rows[9002]["suspicion"] is None and rows[9002]["note"] == "not judged: boxes of zero width or height"
     assert rows[9003]["suspicion"] is None and "smaller than 4 px" in rows[9003]["note"]
+    assert rows[9004]["suspicion"] is not None and "clipped to its image" in rows[9004]["note"]
     assert rows[9002]["rank"] is None and set(list(rows)[-2:]) == {9002, 9003}  # unjudged rows come last
     page = (out / "report.html").read_text()
     assert "Near duplicates (1)" in page and "Not judged (2)" in page
