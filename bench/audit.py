@@ -4,7 +4,7 @@
 
 10% of the boxes of BCCD's test split (seeded) get an error at a level drawn in [0.3, 0.4]: OA-MIL jitter (2 parts
 in 6), too large, too small, shifted, or one edge off (1 part each); the rest stay as labelled. The corrupted file
-is audited four ways, and each order is scored with k = the number of corrupted boxes: precision in the top k,
+is audited, and each of five orders is scored with k = the number of corrupted boxes: precision in the top k,
 recall in the top 2k, AUROC, and the mean IoU with the true box of the corrupted and of the clean boxes after the
 proposals of the top k are accepted:
 - random order (seeded);

@@ -349,15 +349,22 @@ def audit_command(args) -> Audit:
     check_max_images(args)
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
+    if min(args.top, args.show) < 0:
+        raise UsageError(f"--top and --show must be >= 0, got {args.top} and {args.show}")
+    if args.run and (args.set or args.from_scratch or args.folds != AUDIT_FOLDS):
+        raise UsageError(
+            "--run judges with a trained refiner: --folds, --set and --from-scratch train folds, drop them"
+        )
     options = [f"encoder.{k}={json.dumps(v)}" for k, v in encoder_settings(args).items()]
     settings = [*AUDIT_SETTINGS, *options, *["training.init=scratch"] * args.from_scratch, *(args.set or ())]
-    config = resolved_config(load_config(overrides=settings))
-    cache = None
-    if config.model.sam != "off" and args.run is None:
-        cache = cache_from(args, encoder_from(args, config.encoder))
+    if args.run:
+        cache = refiner_cache(refiner_at(args.run), args.cache_dir, disk_limit(args))
+    else:
+        config = resolved_config(load_config(overrides=settings))
+        cache = cache_from(args, encoder_from(args, config.encoder)) if config.model.sam != "off" else None
     audit = audit_dataset(
-        args.ann, args.out, args.images, args.format, args.folds, args.run, settings, args.split, args.max_images,
-        args.top, args.overwrite, cache,
+        args.ann, args.out, args.images, args.format, args.images_from, args.folds, args.run, settings, args.split,
+        args.max_images, args.top, args.overwrite, cache,
     )  # fmt: skip
     a = audit.about
     duplicates = sum(r["duplicate_of"] is not None for r in audit.rows)

@@ -23,7 +23,7 @@ from .refiner import BoxRefiner
 
 # %% auto #0
 __all__ = ['refiner_at', 'refiner_cache', 'refine_records', 'refined_method', 'same_images', 'refined_detections', 'refined_coco',
-           'move_summary', 'check_output', 'refine_dataset']
+           'move_summary', 'refuse_inside_input', 'check_output', 'refine_dataset']
 
 # %% ../nbs/09_inference.ipynb #545ba980
 def refiner_at(run=None) -> BoxRefiner:
@@ -158,15 +158,20 @@ def move_summary(records: list, refined: list) -> dict:
     }
 
 # %% ../nbs/09_inference.ipynb #acae54e37e7d407bbb7b55eff062a284
+def refuse_inside_input(out: Path, dataset: Dataset, who: str = "refine") -> None:
+    "Refuse an output folder that is, holds or lies in the dataset's file or image folder."
+    for given in {dataset.source.resolve(), dataset.images.resolve()}:
+        if out == given or out in given.parents or given in out.parents:
+            raise FileExistsError(f"{out} holds or lies inside the input {given}: {who} never writes there")
+
+
 def check_output(out, dataset: Dataset, to: str, overwrite: bool = False) -> None:
     "Refuse an output that is what the user gave (a folder: or holds it, or lies in it), or exists without `overwrite`."
     out, source = Path(out).resolve(), dataset.source.resolve()
     if out == source:
         raise FileExistsError(f"{out} is the input: refine never overwrites its input")
     if to in ("yolo", "voc"):
-        for given in {source, dataset.images.resolve()}:
-            if out == given or out in given.parents or given in out.parents:
-                raise FileExistsError(f"{out} holds or lies inside the input {given}: refine never writes there")
+        refuse_inside_input(out, dataset)
         if out.is_dir() and any(out.iterdir()) and not (out / SIDECAR).is_file():
             raise FileExistsError(f"{out} is a folder boxrefine did not write (no {SIDECAR}): never overwritten")
     elif out.is_dir():

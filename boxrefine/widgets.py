@@ -429,7 +429,7 @@ class ReviewSession:
 
     def __init__(
         self,
-        refined,  # A COCO JSON written by `boxrefine refine` (annotations with bbox_input and quality)
+        refined,  # A COCO JSON written by `boxrefine refine` or `audit` (annotations with bbox_input and quality)
         images,  # The image folder
         out=None,  # The reviewed COCO JSON to write; default: <refined>.reviewed.json
     ):
@@ -441,7 +441,7 @@ class ReviewSession:
         self.anns = {annotation_key(a, i): a for i, a in enumerate(self.coco["annotations"]) if "bbox_input" in a}
         if not self.anns:
             raise ValueError(
-                f"{self.refined_path} has no refined annotations (bbox_input): run `boxrefine refine` first"
+                f"{self.refined_path} has no refined annotations (bbox_input): run `boxrefine refine` or `audit` first"
             )
         self.files = {im["id"]: im["file_name"] for im in self.coco["images"]}
         self.audit = bool((self.coco.get("info", {}).get("boxrefine") or {}).get("audit"))  # a box not reviewed stays
@@ -479,7 +479,7 @@ class ReviewSession:
         if by == "quality":
             return sorted(self.anns, key=lambda i: self.anns[i]["quality"])
         if by == "suspicion" and self.audit:
-            return sorted(self.anns, key=lambda i: -self.anns[i]["suspicion"])
+            return sorted(self.anns, key=lambda i: self.anns[i]["audit_rank"])
         raise ValueError(f"order by {' or '.join(map(repr, self.orders))}, got {by!r}")
 
     @property
@@ -623,14 +623,14 @@ class ReviewWidget:
         self.show()
 
     def figure(self, ann_id):
-        "The box's neighbourhood: input box (red, dashed) and the box the decision gives (yellow, dotted)."
-        a = self.session.anns[ann_id]
-        return neighbourhood_figure(
+        "The box's neighbourhood: input box (red, dashed) and the box the decision gives, or an audit's proposal."
+        a, pending = self.session.anns[ann_id], self.session.audit and ann_id not in self.session.decisions
+        return neighbourhood_figure(  # an audit's box not yet reviewed: its proposal, which accept would take
             self.session.images / self.session.files[a["image_id"]],
             a["bbox_input"],
-            self.session.final_box(ann_id),
+            a["bbox"] if pending else self.session.final_box(ann_id),
             self._label(ann_id).split(":")[0],
-            {"noisy": "input", "pred": "after review"},
+            {"noisy": "input", "pred": "proposal" if pending else "after review"},
             self.pad,
         )
 

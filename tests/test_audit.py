@@ -41,8 +41,9 @@ def spoilt_sample(tmp_path, n=3, grow=0.4) -> tuple:
 
 
 def audit(tmp_path, ann, *extra):
-    out = tmp_path / "audit"
-    code = main(["audit", "--ann", str(ann), "--images", str(sample_paths().images), "--out", str(out), *QUICK, *extra])
+    "`boxrefine audit` on the first 6 images: quick folds, or the `--run` in `extra`."
+    out, quick = tmp_path / "audit", QUICK if "--run" not in extra else QUICK[-2:]
+    code = main(["audit", "--ann", str(ann), "--images", str(sample_paths().images), "--out", str(out), *quick, *extra])
     return code, out
 
 
@@ -119,7 +120,8 @@ def test_unjudgeable_boxes_and_near_duplicates_are_said_not_scored(tmp_path, cap
     coco["annotations"] += [
         {**box, "id": 9001, "bbox": [box["bbox"][0] + 1, box["bbox"][1], box["bbox"][2], box["bbox"][3]]},
         {**box, "id": 9002, "bbox": [10, 10, 0, 20]},
-        {**box, "id": 9003, "bbox": [100, 100, 3, 3]},
+        {**box, "id": 9003, "bbox": [100, 100, 3, 3], "bbox_input": [90, 90, 9, 9], "quality": 0.5},  # from refine
+        {**box, "id": 9005, "bbox": [200, 200, 30, 30], "iscrowd": 1},
         {**box, "id": 9004, "bbox": [620, 100, 40, 30]},  # runs 20 px past the right border of the 640 px image
     ]
     (tmp_path / "odd.json").write_text(json.dumps(coco))
@@ -130,9 +132,13 @@ def test_unjudgeable_boxes_and_near_duplicates_are_said_not_scored(tmp_path, cap
     assert rows[9002]["suspicion"] is None and rows[9002]["note"] == "not judged: boxes of zero width or height"
     assert rows[9003]["suspicion"] is None and "smaller than 4 px" in rows[9003]["note"]
     assert rows[9004]["suspicion"] is not None and "clipped to its image" in rows[9004]["note"]
-    assert rows[9002]["rank"] is None and set(list(rows)[-2:]) == {9002, 9003}  # unjudged rows come last
+    assert rows[9005]["suspicion"] is None and "crowd" in rows[9005]["note"]
+    proposed = {a["id"]: a for a in json.loads((out / "proposed.json").read_text())["annotations"]}
+    assert "bbox_input" not in proposed[9003] and proposed[9003]["bbox"] == [100, 100, 3, 3]  # stale fields dropped
+    assert ReviewSession(out / "proposed.json", sample_paths().images).order("suspicion")[0] == next(iter(rows))
+    assert rows[9002]["rank"] is None and set(list(rows)[-3:]) == {9002, 9003, 9005}  # unjudged rows come last
     page = (out / "report.html").read_text()
-    assert "Near duplicates (1)" in page and "Not judged (2)" in page
+    assert "Near duplicates (1)" in page and "Not judged (3)" in page
 
 
 def test_a_run_that_trained_on_the_file_scores_in_sample(tmp_path, capsys):
@@ -144,11 +150,20 @@ def test_a_run_that_trained_on_the_file_scores_in_sample(tmp_path, capsys):
     assert "not out of fold" in capsys.readouterr().out
     rows = json.loads((tmp_path / "a" / "audit.json").read_text())["boxes"]
     assert {r["scored"] for r in rows} == {"in sample"}  # the sample has train and val images, no test ones
+    coco = json.loads(paths.annotations.read_text())
+    coco["annotations"][0]["bbox"][0] += 1  # the labels changed since the run trained: what it saw is not known
+    (tmp_path / "edited.json").write_text(json.dumps(coco))
+    edited = ["--ann", str(tmp_path / "edited.json"), *args[2:]]
+    assert main(["audit", *edited, "--out", str(tmp_path / "b"), "--run", str(run / "best.pt")]) == 0
+    rows = json.loads((tmp_path / "b" / "audit.json").read_text())["boxes"]
+    assert {r["scored"] for r in rows} == {"unknown"}
+    assert main(["audit", *args, "--out", str(tmp_path / "c"), "--run", str(run), "--folds", "5"]) == 2
+    assert "--run judges with a trained refiner" in capsys.readouterr().err
 
 
 def test_the_audit_refuses_to_write_into_the_input_or_over_other_files(tmp_path, capsys):
     paths = sample_paths()
-    base = ["audit", "--ann", str(paths.annotations), "--images", str(paths.images), "--run", str(paths.images)]
+    base = ["audit", "--ann", str(paths.annotations), "--images", str(paths.images), "--run", str(prior_path())]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     for out, error in (

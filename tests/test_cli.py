@@ -105,31 +105,21 @@ def test_user_errors_are_one_line(tmp_path):
     assert same.returncode == 2 and "would overwrite the input annotations" in same.stderr
 
 
-def test_eval_and_demo_never_overwrite_what_they_did_not_make(tmp_path):
+def test_eval_and_demo_never_overwrite_what_they_did_not_make(tmp_path, capsys):
     existing = tmp_path / "precious.json"
     existing.write_text("{}")
-    done = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--json", str(existing))
-    assert done.returncode == 2 and "exists" in done.stderr and existing.read_text() == "{}"
-    bad_noise = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--noise", "1.5")
-    assert (
-        bad_noise.returncode == 2
-        and "--noise must be in [0, 1)" in bad_noise.stderr
-        and "Traceback" not in bad_noise.stderr
-    )
-    not_a_run = run("eval", *SAMPLE, "--split", "val", "--no-sam", "--run", str(existing))
-    assert (
-        not_a_run.returncode == 2
-        and "is not a boxrefine refiner" in not_a_run.stderr
-        and "Traceback" not in not_a_run.stderr
-    )
     (tmp_path / "demo" / "run").mkdir(parents=True)
     (tmp_path / "demo" / "run" / "mine.txt").write_text("keep me")
-    demo = run("demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
-    assert (
-        demo.returncode == 2
-        and "is not a demo run" in demo.stderr
-        and (tmp_path / "demo" / "run" / "mine.txt").exists()
-    )
+    cases = [  # in this process: main() is what the console script runs
+        (["eval", *SAMPLE, "--split", "val", "--no-sam", "--json", str(existing)], "exists"),
+        (["eval", *SAMPLE, "--split", "val", "--no-sam", "--noise", "1.5"], "--noise must be in [0, 1)"),
+        (["eval", *SAMPLE, "--split", "val", "--no-sam", "--run", str(existing)], "is not a boxrefine refiner"),
+        (["demo", "--out", str(tmp_path / "demo"), "--epochs", "1"], "is not a demo run"),
+    ]
+    for args, message in cases:
+        code, err = main(args), capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+    assert existing.read_text() == "{}" and (tmp_path / "demo" / "run" / "mine.txt").read_text() == "keep me"
 
 
 def test_bad_inputs_end_with_one_line(tmp_path, capsys):
