@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 
@@ -79,18 +80,27 @@ def test_cache_command_warms_then_hits_then_reports_and_clears(tmp_path, capsys)
         and cold["bytes_written"] > 0
     )
     assert "RANDOM weights" in first.stderr  # said loudly, on stderr, so --json output stays one JSON object
-    warm = json.loads(run(*args).stdout)
+    capsys.readouterr()
+
+    def in_process(*argv) -> dict:  # the later calls run main() here: only the first needs its own process
+        assert main(list(argv)) == 0
+        return json.loads(capsys.readouterr().out)
+
+    warm = in_process(*args)
     assert (warm["hits"], warm["misses"], warm["encoder_calls"], warm["hit_rate"]) == (2, 0, 0, 1.0)
     assert warm["bytes_read"] == cold["bytes_written"]
-    stats = json.loads(run("cache", "--stats", "--cache-dir", str(tmp_path), "--json").stdout)
+    stats = in_process("cache", "--stats", "--cache-dir", str(tmp_path), "--json")
     assert stats["entries"] == 2 and stats["bytes"] == cold["bytes_written"]
     limit = str(cold["bytes_written"] * 1.2 / 2**30)  # GB: room for two entries, not three
     assert main(["cache", *SAMPLE, "--max-images", "3", "--cache-dir", str(tmp_path), "--max-disk", limit]) == 0
-    assert json.loads(run("cache", "--stats", "--cache-dir", str(tmp_path), "--json").stdout)["entries"] == 2
+    capsys.readouterr()
+    assert in_process("cache", "--stats", "--cache-dir", str(tmp_path), "--json")["entries"] == 2
     assert main(["cache", *SAMPLE, "--cache-dir", str(tmp_path), "--max-disk", "0"]) == 2
     assert capsys.readouterr().err.strip().endswith("--max-disk must be a size in GB > 0, got 0.0")
-    assert json.loads(run("cache", "--clear", "--cache-dir", str(tmp_path), "--json").stdout)["cleared_entries"] == 2
-    assert run("cache", "--cache-dir", str(tmp_path)).returncode == 2  # neither a dataset nor --stats/--clear
+    assert in_process("cache", "--clear", "--cache-dir", str(tmp_path), "--json")["cleared_entries"] == 2
+    with pytest.raises(SystemExit) as refused:  # neither a dataset nor --stats/--clear: argparse's usage error
+        main(["cache", "--cache-dir", str(tmp_path)])
+    assert refused.value.code == 2
 
 
 def test_user_errors_are_one_line(tmp_path):
