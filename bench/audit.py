@@ -85,15 +85,12 @@ def audit_order(audit, records):
     return score, proposed
 
 
-def in_sample_refiner(records, run):
-    from boxrefine.audit import AUDIT_SETTINGS
-    from boxrefine.config import load_config
-    from boxrefine.train import split_records, train_refiner
+def in_sample_refiner(records, path):
+    "A refiner fine-tuned as a fold's is, on all the records (no record is in fold 0), saved to `path`."
+    from boxrefine.audit import fold_refiner
 
-    config = load_config(overrides=list(AUDIT_SETTINGS))
-    train, val = split_records([dataclasses.replace(r, split=None) for r in records], config.data)
-    train_refiner(config, train, val, run, progress=False)
-    return run
+    fold_refiner(records, np.ones(len(records), dtype=int), 0, progress=False).save(path)
+    return path
 
 
 def top_picture(rows, out, columns=4):
@@ -149,7 +146,7 @@ def main():
     out["methods"]["box-size outliers"] = scored(size_outliers(given, classes), spoilt, given, None, truth)
     with tempfile.TemporaryDirectory() as d:
         start = time.perf_counter()
-        run = in_sample_refiner(records, Path(d) / "run")
+        run = in_sample_refiner(records, Path(d) / "in_sample.safetensors")
         audit = audit_records(records, run=run, progress=False)
         score, proposed = audit_order(audit, records)
         out["methods"]["in sample"] = {

@@ -228,6 +228,8 @@ def audit_records(
     cache=None,  # A `FeatureCache`, for refiners that read SAM features
     progress: bool = True,  # Show progress bars
     seed: int = 0,  # Seed of the folds
+    cache_dir=None,  # With `run` and no `cache`: the root of the cache its refiner reads SAM features from
+    max_disk_bytes: int | None = None,  # That cache's disk budget
     trained_on: set | None = None,  # With `run`: the image ids it trained or validated on (None: not known)
 ) -> Audit:
     "Judge every box, out of fold (or by `run`), and rank them by suspicion."
@@ -243,7 +245,7 @@ def audit_records(
         scored = ["out of fold"] * len(records)
     else:
         refiner = refiner_at(run)
-        cache = cache if cache is not None else refiner_cache(refiner)
+        cache = cache if cache is not None else refiner_cache(refiner, cache_dir, max_disk_bytes)
         judgements, fold_of = judge_boxes(refiner, records, [r.boxes for r in records], cache), [-1] * len(records)
         known = trained_on is not None
         scored = [("in sample" if r.id in trained_on else "out of sample") if known else "unknown" for r in records]
@@ -354,7 +356,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head><body>
 <h1>boxrefine audit</h1><ul>{about}</ul>
 <h2 id="suspicious">The {min(top, len(audit.judged))} most suspicious of {len(audit.judged)} judged boxes</h2>
 <p>Red, dashed: the given box. Yellow: the proposed box. Suspicion is the mean of 1 - the given box's estimated IoU
-and 1 - its IoU with the proposal.</p>{cards}
+and 1 - its IoU with the refiner's first answer.</p>{cards}
 <h2 id="duplicates">Near duplicates ({len(duplicates)})</h2>
 {_table(duplicates, columns | {"repeats annotation": lambda r: r["duplicate_of"]})}
 <h2 id="unjudged">Not judged ({len(unjudged)})</h2>
@@ -444,6 +446,8 @@ def audit_dataset(
     top: int = AUDIT_REPORT_TOP,  # Thumbnails in report.html
     overwrite: bool = False,  # Replace an earlier audit in `out`
     cache=None,  # A `FeatureCache`, for refiners that read SAM features
+    cache_dir=None,  # With `run` and no `cache`: the root of the cache its refiner reads SAM features from
+    max_disk_bytes: int | None = None,  # That cache's disk budget
     progress: bool = True,  # Show progress bars
     verbose: bool = True,  # Print what was read
 ) -> Audit:  # The audit; its files are in `out`
@@ -453,7 +457,10 @@ def audit_dataset(
     data = dataset.load(verbose, split=split)
     records = data.records[:max_images]
     trained_on = run_training_images(run, dataset, data.records) if run is not None else None
-    audit = audit_records(records, folds, run, settings, cache, progress, trained_on=trained_on)
+    audit = audit_records(
+        records, folds, run, settings, cache, progress, trained_on=trained_on, cache_dir=cache_dir,
+        max_disk_bytes=max_disk_bytes,
+    )  # fmt: skip
     kept = {r.id for r in records}
     clipped = set(data.report.clipped)
     for r in audit.rows:
@@ -461,7 +468,7 @@ def audit_dataset(
             "judged clipped to its image: the given box runs past the border" * (r["annotation_id"] in clipped)
         )
     dropped = dropped_rows(dataset, data.report.dropped)
-    audit.rows += [{"rank": None, **r} for r in dropped if max_images is None or r["image_id"] in kept]
+    audit.rows += ranked_rows([r for r in dropped if max_images is None or r["image_id"] in kept])
     audit.about |= {"boxes": len(audit.rows), "not_judged": sum(r["suspicion"] is None for r in audit.rows)}
     write_audit(audit, dataset, out, top)
     return audit

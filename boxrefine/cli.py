@@ -357,14 +357,12 @@ def audit_command(args) -> Audit:
         )
     options = [f"encoder.{k}={json.dumps(v)}" for k, v in encoder_settings(args).items()]
     settings = [*AUDIT_SETTINGS, *options, *["training.init=scratch"] * args.from_scratch, *(args.set or ())]
-    if args.run:
-        cache = refiner_cache(refiner_at(args.run), args.cache_dir, disk_limit(args))
-    else:
-        config = resolved_config(load_config(overrides=settings))
-        cache = cache_from(args, encoder_from(args, config.encoder)) if config.model.sam != "off" else None
+    config, cache = resolved_config(load_config(overrides=settings)), None  # checked before anything is read
+    if not args.run and config.model.sam != "off":  # with --run, the audit opens its refiner's cache at --cache-dir
+        cache = cache_from(args, encoder_from(args, config.encoder))
     audit = audit_dataset(
         args.ann, args.out, args.images, args.format, args.images_from, args.folds, args.run, settings, args.split,
-        args.max_images, args.top, args.overwrite, cache,
+        args.max_images, args.top, args.overwrite, cache, args.cache_dir, disk_limit(args),
     )  # fmt: skip
     a = audit.about
     duplicates = sum(r["duplicate_of"] is not None for r in audit.rows)
