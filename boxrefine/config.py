@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .data import NoiseConfig
+from .data import Augment, NoiseConfig
 from .encoder import EncoderConfig
 from .learner import SCHEDULES
 from .loss import LossConfig
@@ -38,6 +38,7 @@ class DataConfig:
         "jitter:3 clean:1 larger:1 smaller:1 shift:1 edge:1"  # Kinds of error of the training boxes: a kind or a mix
     )
     gate_errors: str = "clean:1 jitter:1 larger:1 smaller:1 shift:1 edge:1"  # Errors of the boxes that choose the gate
+    augment: str = "hflip color"  # Training augmentation: any of hflip, vflip, color (space-separated), or none
     seed: int = 0  # Seed of the noise, the split and the data order
     val_fraction: float = 0.2  # Share of images for validation when the data has no train/val split field
     batch_size: int = 8  # Images per step
@@ -60,10 +61,13 @@ class DataConfig:
             raise ValueError(f"data max_boxes must be >= 1 or null, got {self.max_boxes}")
         if self.num_workers < 0:
             raise ValueError(f"data num_workers must be >= 0, got {self.num_workers}")
-        self.train_noise_config(), self.gate_noise_config()  # check the error mixes
+        self.train_noise_config(), self.gate_noise_config(), self.augmentation()  # check the mixes and the kinds
 
     def train_noise_config(self) -> NoiseConfig:
         return NoiseConfig(r=self.train_noise[1], seed=self.seed, r_min=self.train_noise[0], errors=self.train_errors)
+
+    def augmentation(self) -> Augment | None:
+        return None if self.augment.split() in ([], ["none"]) else Augment(self.augment, self.seed)
 
     def val_noise_config(self) -> NoiseConfig:
         return NoiseConfig(r=self.noise, seed=self.seed)

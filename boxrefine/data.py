@@ -22,9 +22,10 @@ from torch.utils.data import Dataset
 from .boxes import ERROR_KINDS, stable_int, error_boxes, noise_draws
 
 # %% auto #0
-__all__ = ['WIDE_MODES', 'DROP_REASONS', 'EXIF_TURNED', 'SamplePaths', 'sample_paths', 'ImageReadError', 'to_8bit', 'read_image',
-           'LoadConfig', 'ImageBoxes', 'CocoError', 'LoadReport', 'annotation_key', 'upright_size', 'CocoData',
-           'load_coco', 'load_sample', 'NoiseConfig', 'NoisyBoxDataset', 'collate_boxes']
+__all__ = ['WIDE_MODES', 'DROP_REASONS', 'EXIF_TURNED', 'AUGMENTATIONS', 'SamplePaths', 'sample_paths', 'ImageReadError',
+           'to_8bit', 'read_image', 'LoadConfig', 'ImageBoxes', 'CocoError', 'LoadReport', 'annotation_key',
+           'upright_size', 'CocoData', 'load_coco', 'load_sample', 'NoiseConfig', 'NoisyBoxDataset', 'flip_boxes',
+           'flip_features', 'jitter_colour', 'Augment', 'collate_boxes']
 
 # %% ../nbs/04_data.ipynb #ac79ead1
 class SamplePaths(NamedTuple):
@@ -574,8 +575,10 @@ class NoisyBoxDataset(Dataset):
         noise: NoiseConfig = NoiseConfig(),  # The noise model's settings
         train: bool = True,  # New noise each epoch (training) or epoch 0's noise always (validation, test)
         features: Callable[[ImageBoxes], dict] | None = None,  # Cached encoder features of a record; None: no features
+        augment: Callable[[dict], dict] | None = None,  # Applied to each training item (e.g. `Augment`); None: none
     ):
         self.records, self.noise, self.train, self.features, self.epoch = list(records), noise, train, features, 0
+        self.augment = augment if train else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -598,7 +601,74 @@ class NoisyBoxDataset(Dataset):
         }
         if self.features is not None:
             item["features"] = self.features(rec)
-        return item
+        return self.augment(item) if self.augment is not None else item
+
+# %% ../nbs/04_data.ipynb #acae54e37e7d407bbb7b55eff062a284
+AUGMENTATIONS = ("hflip", "vflip", "color")  # what `Augment` may name
+
+
+def flip_boxes(boxes: Tensor, size: float, axis: int) -> Tensor:
+    "xyxy boxes mirrored across an image `size` pixels wide (`axis` 0) or high (`axis` 1)."
+    out = boxes.clone()
+    out[:, [axis, axis + 2]] = size - boxes[:, [axis + 2, axis]]
+    return out
+
+
+def _mirror_cells(fmap: Tensor, dim: int, n: int) -> Tensor:
+    "`fmap` with its first `n` cells along `dim` in reverse order."
+    out, lead = fmap.clone(), fmap.narrow(dim, 0, n)
+    out.narrow(dim, 0, n).copy_(lead.flip(dim))
+    return out
+
+
+def flip_features(features: dict, axis: int) -> dict:
+    "An item's features for its image flipped along `axis` (0: left-right): pixels, and SAM's maps where present."
+    out = {**features, "image": features["image"].flip(1 - axis)}  # (H, W, 3)
+    cells = [math.ceil(v / 16) for v in features["input_hw"].tolist()]  # SAM cells over the image: (rows, columns)
+    for key, (row_dim, col_dim) in (("image_embedding", (1, 2)), ("interm_embedding", (0, 1))):  # (C, H, W), (H, W, C)
+        if key in features:
+            dim = (col_dim, row_dim)[axis]
+            out[key] = _mirror_cells(features[key], dim, cells[1 - axis])
+    return out
+
+
+def jitter_colour(image: Tensor, rng: np.random.Generator, strength: float = 0.25) -> Tensor:
+    "A (H, W, 3) uint8 image with its contrast, brightness and each channel's gain changed by up to `strength`."
+    x = image.float()
+    mean = x.mean((0, 1))
+    x = (x - mean) * rng.uniform(1 - strength, 1 + strength) + mean
+    gains = rng.uniform(1 - strength, 1 + strength) * rng.uniform(1 - strength / 2, 1 + strength / 2, 3)
+    return (x * torch.from_numpy(gains).float()).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class Augment:
+    "Training augmentation of a `NoisyBoxDataset` item, drawn by (seed, image, epoch): flips and colour."
+
+    kinds: str = "hflip color"  # Space-separated names of `AUGMENTATIONS`; "" for none
+    seed: int = 0  # The experiment's seed
+
+    def __post_init__(self):
+        unknown = sorted(set(self.kinds.split()) - set(AUGMENTATIONS))
+        if unknown:
+            raise ValueError(f"augment: unknown kind {unknown[0]!r} (known: {', '.join(AUGMENTATIONS)})")
+
+    def __call__(self, item: dict) -> dict:
+        names = self.kinds.split()
+        rng = np.random.default_rng(
+            [stable_int(self.seed), stable_int(item["image_id"]), stable_int(item["epoch"]), stable_int("augment")]
+        )
+        out, features = dict(item), item.get("features")
+        for axis, name in enumerate(("hflip", "vflip")):
+            if name in names and rng.random() < 0.5:
+                size = item["image_hw"][1 - axis]
+                out["boxes"], out["noisy"] = (flip_boxes(out[k], size, axis) for k in ("boxes", "noisy"))
+                features = flip_features(features, axis) if features is not None else None
+        if "color" in names and features is not None:
+            features = {**features, "image": jitter_colour(features["image"], rng)}
+        if features is not None:
+            out["features"] = features
+        return out
 
 # %% ../nbs/04_data.ipynb #9379a112
 def _box_choice(item: dict, max_boxes: int | None, seed: int) -> Tensor:

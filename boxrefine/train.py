@@ -340,9 +340,9 @@ def record_inputs(record, cache=None, use_sam: bool = False) -> dict:
 
 
 def make_loader(records, noise: NoiseConfig, data, train: bool, features) -> DataLoader:
-    "A loader over `records`: seeded shuffle per epoch when training, noise from `noise`, boxes capped per image."
+    "A loader over `records`: seeded shuffle, `data.augment` and capped boxes when training; noise from `noise`."
     rank, n = world()
-    ds = NoisyBoxDataset(records, noise, train=train, features=features)
+    ds = NoisyBoxDataset(records, noise, train=train, features=features, augment=data.augmentation())
     sampler = (
         DistributedSampler(ds, num_replicas=n, rank=rank, shuffle=True, seed=data.seed, drop_last=False)
         if train
