@@ -4,6 +4,7 @@
     python bench/quality.py gate boxrefine/weights/prior.safetensors
     python bench/quality.py table --json bench/quality.json
     python bench/quality.py shipped --json bench/quality_shipped.json
+    python bench/quality.py augment --set license_plates --images 50 --json bench/augment.json
 
 `prior` trains a refiner from scratch on the train splits of the named sets in ../shared/data (validation on
 their val/valid splits picks the best epoch and the gate) and saves it as safetensors with its provenance.
@@ -14,6 +15,8 @@ reuses it later), scores it on S's test split (no training on S), then fine-tune
 on 25, 50, 100 and all of S's training images, or the `--sizes` named (validation: S's val split), and scores
 each on S's test split; other sets' rows in the JSON are kept. Input errors: clean boxes, OA-MIL jitter at
 r = 0.1 and 0.2, boxes too large, too small, shifted and with one edge off at level 0.2 (seed 0).
+`augment` trains from scratch on a set's first N training images (the seeded choice), without and with the
+default augmentation, and scores both, gated and ungated, on the set's val split (it tunes a default).
 Tuning data only feeds training and the gate: test images are read only for scoring.
 """
 
@@ -71,8 +74,8 @@ def train(train_records, val_records, init, settings=()):
     return learn.refiner, config
 
 
-def score(refiner, records, inputs=INPUTS):
-    "Per kind of input error: mean IoU of the input and of the answer, and the change shares."
+def score(refiner, records, inputs=INPUTS, min_gain=None):
+    "Per kind of input error: mean IoU of the input and of the answer (gated at `min_gain`), and the change shares."
     from boxrefine.boxes import elementwise_iou
     from boxrefine.inference import refine_records
     from boxrefine.data import NoiseConfig
@@ -82,7 +85,7 @@ def score(refiner, records, inputs=INPUTS):
     for kind, r in inputs:
         noise = NoiseConfig(r=r, seed=0, errors=kind)
         noisy = [noise.noisy(x) for x in records]
-        out = refine_records(refiner, records, noisy, progress=False)
+        out = refine_records(refiner, records, noisy, progress=False, min_gain=min_gain)
         before = torch.cat([elementwise_iou(n, x.boxes) for n, x in zip(noisy, records)])
         after = torch.cat([elementwise_iou(o.boxes, x.boxes) for o, x in zip(out, records)])
         rows[f"{kind} {r}" if kind == "jitter" else kind] = {
@@ -196,6 +199,23 @@ def table_command(args):
             args.json.write_text(json.dumps(results, indent=1))
 
 
+def augment_command(args):
+    "From scratch on `--images` of a set's training images, without and with augmentation; scored on its val split."
+    from boxrefine.machine import cpu_description
+
+    results = json.loads(args.json.read_text()) if args.json.exists() else {"cpu": cpu_description(), "runs": []}
+    tr, va, _ = load(args.set)
+    for augment in ("none", "hflip color"):
+        start = time.perf_counter()
+        refiner, _ = train(subset(tr, args.images), va, "scratch", [f"data.augment={augment}"])
+        seconds = round(time.perf_counter() - start)
+        gated, proposed = score(refiner, va), score(refiner, va, min_gain=float("-inf"))
+        run = {"set": args.set, "images": args.images, "augment": augment, "seconds": seconds, "gated": gated}
+        results["runs"].append({**run, "proposals": proposed, "min_gain": refiner.min_gain})
+        print(args.set, args.images, augment, f"{seconds} s", flush=True)
+    args.json.write_text(json.dumps(results, indent=1))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -218,6 +238,11 @@ def main():
     t.add_argument("--sizes", nargs="+", type=size_arg, default=list(SIZES), help="training images: numbers or all")
     t.add_argument("--json", type=Path, default=Path(__file__).with_name("quality.json"))
     t.set_defaults(handler=table_command)
+    u = sub.add_parser("augment")
+    u.add_argument("--set", choices=SETS, required=True)
+    u.add_argument("--images", type=int, default=50)
+    u.add_argument("--json", type=Path, default=Path(__file__).with_name("augment.json"))
+    u.set_defaults(handler=augment_command)
     args = p.parse_args()
     warnings.simplefilter("ignore")
     args.handler(args)
