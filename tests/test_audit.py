@@ -12,6 +12,7 @@ import pytest
 from boxrefine import audit as audit_module
 from boxrefine.cli import main
 from boxrefine.data import load_coco, sample_paths
+from boxrefine.formats import write_voc, write_yolo
 from boxrefine.prior import prior_path
 from boxrefine.widgets import ReviewSession
 
@@ -159,6 +160,30 @@ def test_a_run_that_trained_on_the_file_scores_in_sample(tmp_path, capsys):
     assert {r["scored"] for r in rows} == {"unknown"}
     assert main(["audit", *args, "--out", str(tmp_path / "c"), "--run", str(run), "--folds", "5"]) == 2
     assert "--run judges with a trained refiner" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["yolo", "voc"])
+def test_yolo_and_voc_datasets_are_audited_like_their_coco_file(tmp_path, fmt):
+    ann, _ = spoilt_sample(tmp_path)
+    coco = json.loads(ann.read_text())
+    coco["images"] = coco["images"][:6]
+    first = {im["id"] for im in coco["images"]}
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in first]
+    (tmp_path / "six.json").write_text(json.dumps(coco))
+    images, folder = sample_paths().images, tmp_path / fmt
+    folder.mkdir()
+    write_yolo(coco, folder, images) if fmt == "yolo" else write_voc(coco, folder)
+    judged = {}
+    for name, source, extra in (("coco", tmp_path / "six.json", ["--images", str(images)]), (fmt, folder, [])):
+        extra += ["--images", str(images)] if name == "voc" else []  # VOC folders written from COCO hold no images
+        out = tmp_path / f"audit_{name}"
+        assert main(["audit", "--ann", str(source), *extra, "--out", str(out), "--run", str(prior_path())]) == 0
+        rows = json.loads((out / "audit.json").read_text())["boxes"]
+        judged[name] = sorted((r["file_name"], *(round(v) for v in r["given"]), r["suspicion"]) for r in rows)
+        assert json.loads((out / "proposed.json").read_text())["annotations"]
+    assert len(judged[fmt]) == len(judged["coco"]) == len(coco["annotations"])
+    for a, b in zip(judged["coco"], judged[fmt]):  # the same box, the same judgement, whatever the format
+        assert a[:5] == b[:5] and abs(a[5] - b[5]) < 0.01, (a, b)
 
 
 def test_the_audit_refuses_to_write_into_the_input_or_over_other_files(tmp_path, capsys):
