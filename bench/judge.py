@@ -17,15 +17,8 @@ from pathlib import Path
 
 import torch
 
+from audit import auroc
 from quality import INPUTS, SETS, load
-
-
-def auroc(positive, negative):
-    "P(a positive scores above a negative), ties half."
-    both = torch.cat([positive, negative])
-    ranks = both.argsort().argsort().double() + 1
-    n, m = len(positive), len(negative)
-    return ((ranks[:n].sum() - n * (n + 1) / 2) / (n * m)).item()
 
 
 def answers(refiner, records):
@@ -47,6 +40,11 @@ def answers(refiner, records):
             "gain": torch.cat([g.quality - g.input_quality for g in got]),
         }
     return out
+
+
+def clean_auroc(clean, noisy):
+    "AUROC of telling clean boxes from noisy ones by a signal that is higher for boxes to move."
+    return auroc(-torch.cat([clean, noisy]), torch.arange(len(clean) + len(noisy)) < len(clean))
 
 
 def signals(a):
@@ -103,7 +101,7 @@ def main():
             },
             "clean proposal": elementwise_iou(report["clean"]["proposal"], report["clean"]["true"]).mean().item(),
             "auroc clean vs r0.2": {
-                k: auroc(-signals(report["clean"])[k], -signals(j)[k]) for k in ("input quality", "gain", "move")
+                k: clean_auroc(signals(report["clean"])[k], signals(j)[k]) for k in ("input quality", "gain", "move")
             },
             "gated": {},
         }

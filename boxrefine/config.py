@@ -67,7 +67,8 @@ class DataConfig:
         return NoiseConfig(r=self.train_noise[1], seed=self.seed, r_min=self.train_noise[0], errors=self.train_errors)
 
     def augmentation(self) -> Augment | None:
-        return None if self.augment.split() in ([], ["none"]) else Augment(self.augment, self.seed)
+        augment = Augment(self.augment, self.seed)
+        return augment if augment.names else None  # "none": no call per item
 
     def val_noise_config(self) -> NoiseConfig:
         return NoiseConfig(r=self.noise, seed=self.seed)

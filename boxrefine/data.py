@@ -645,16 +645,21 @@ def jitter_colour(image: Tensor, rng: np.random.Generator, strength: float = 0.2
 class Augment:
     "Training augmentation of a `NoisyBoxDataset` item, drawn by (seed, image, epoch): flips and colour."
 
-    kinds: str = "hflip color"  # Space-separated names of `AUGMENTATIONS`; "" for none
+    kinds: str = "hflip color"  # Space-separated names of `AUGMENTATIONS`; "none" or "" for none
     seed: int = 0  # The experiment's seed
 
+    @cached_property
+    def names(self) -> list:
+        "The kinds asked for (read once)."
+        return [k for k in self.kinds.split() if k != "none"]
+
     def __post_init__(self):
-        unknown = sorted(set(self.kinds.split()) - set(AUGMENTATIONS))
+        unknown = sorted(set(self.names) - set(AUGMENTATIONS))
         if unknown:
             raise ValueError(f"augment: unknown kind {unknown[0]!r} (known: {', '.join(AUGMENTATIONS)})")
 
     def __call__(self, item: dict) -> dict:
-        names = self.kinds.split()
+        names = self.names
         rng = np.random.default_rng(
             [stable_int(self.seed), stable_int(item["image_id"]), stable_int(item["epoch"]), stable_int("augment")]
         )
