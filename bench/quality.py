@@ -5,6 +5,7 @@
     python bench/quality.py table --json bench/quality.json
     python bench/quality.py shipped --json bench/quality_shipped.json
     python bench/quality.py augment --set license_plates --images 50 --json bench/augment.json
+    python bench/quality.py sets --json bench/set_gate.json
 
 `prior` trains a refiner from scratch on the train splits of the named sets in ../shared/data (validation on
 their val/valid splits picks the best epoch and the gate) and saves it as safetensors with its provenance.
@@ -17,6 +18,9 @@ each on S's test split; other sets' rows in the JSON are kept. Input errors: cle
 r = 0.1 and 0.2, boxes too large, too small, shifted and with one edge off at level 0.2 (seed 0).
 `augment` trains from scratch on a set's first N training images (the seeded choice), without and with the
 default augmentation, and scores both, gated and ungated, on the set's val split (it tunes a default).
+`sets` scores the shipped prior (or `--refiner`) on each set's val split (it tunes a default), each kind of
+input gated as one set (the default: the gate curve's margin for the set), at the refiner's one margin, and
+ungated.
 Tuning data only feeds training and the gate: test images are read only for scoring.
 """
 
@@ -130,7 +134,7 @@ def gate_command(args):
         refiner.net, val, Config(), partial(record_inputs, use_sam=False), torch.device("cpu"), "fp32"
     )
     print(gate_line(gate))
-    refiner.min_gain = gate["min_gain"]
+    refiner.min_gain, refiner.gate_curve = gate["min_gain"], gate["curve"]
     refiner.save(
         args.refiner,
         **{k: v for k, v in info.items() if k in ("trained_on", "training", "made_by")},
@@ -216,6 +220,24 @@ def augment_command(args):
     args.json.write_text(json.dumps(results, indent=1))
 
 
+def sets_command(args):
+    "Each kind of input of each val split gated as one set, at one margin, and ungated."
+    from boxrefine.machine import cpu_description
+    from boxrefine.prior import load_prior
+
+    refiner = load_prior(args.refiner)
+    gates = {"per set": None, "one margin": refiner.min_gain, "ungated": float("-inf")}
+    out = {"cpu": cpu_description(), "refiner": refiner.about, "min_gain": refiner.min_gain, "sets": {}}
+    for name in SETS:
+        val = load(name)[1]
+        out["sets"][name] = {gate: score(refiner, val, min_gain=m) for gate, m in gates.items()}
+        print(
+            name,
+            json.dumps({g: {k: round(v["output"], 3) for k, v in r.items()} for g, r in out["sets"][name].items()}),
+        )
+    args.json.write_text(json.dumps(out, indent=1))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -243,6 +265,10 @@ def main():
     u.add_argument("--images", type=int, default=50)
     u.add_argument("--json", type=Path, default=Path(__file__).with_name("augment.json"))
     u.set_defaults(handler=augment_command)
+    v = sub.add_parser("sets")
+    v.add_argument("--refiner", type=Path, help="a refiner file (default: the shipped prior)")
+    v.add_argument("--json", type=Path, default=Path(__file__).with_name("set_gate.json"))
+    v.set_defaults(handler=sets_command)
     args = p.parse_args()
     warnings.simplefilter("ignore")
     args.handler(args)

@@ -134,10 +134,10 @@ def records_from(args, verbose: bool = True) -> list:
 
 
 def refiner_from(args) -> BoxRefiner:
-    "The refiner of --run, else the shipped prior, with --min-gain (when given) as its margin."
+    "The refiner of --run, else the shipped prior, with --min-gain (when given) as its one margin."
     refiner = refiner_at(args.run)
     if args.min_gain is not None:
-        refiner.min_gain = args.min_gain
+        refiner.fix_margin(args.min_gain)
     return refiner
 
 # %% ../nbs/09_cli.ipynb #71009784
@@ -216,9 +216,9 @@ def eval_command(args) -> dict:
     methods["refined"] = refined_method(
         refiner, records, noise, refiner_cache(refiner, args.cache_dir, disk_limit(args))
     )
-    result["refiner"], result["min_gain"] = refiner.about, refiner.min_gain
+    result["refiner"], result["min_gain"] = refiner.about, methods["refined"]["min_gain"]
     print(metrics_table(methods))
-    print(f"refined ({refiner.about}, min_gain {refiner.min_gain:+.2f}): {change_line(methods['refined'])}")
+    print(f"refined ({refiner.about}, min_gain {result['min_gain']:+.2f}): {change_line(methods['refined'])}")
     if result.get("encoder", {}).get("random_weights"):
         print("note: HQ-SAM ran with RANDOM weights: the 'sam' row says nothing about HQ-SAM")
     if args.json:
@@ -237,11 +237,11 @@ def eval_detections(args) -> dict:
     result = refined_detections(
         refiner, records, found.records, refiner_cache(refiner, args.cache_dir, disk_limit(args))
     )
-    result["refiner"], result["min_gain"] = refiner.about, refiner.min_gain
+    result["refiner"] = refiner.about
     print(metrics_table({k: result[k] for k in ("given", "refined")}, "detections", DETECTION_COLUMNS))
     print(
         f"{result['detections']} detections on {len(records)} images, {result['matched']} matched to a true box "
-        f"(IoU >= 0.5); refined ({refiner.about}, min_gain {refiner.min_gain:+.2f}): {change_line(result)} "
+        f"(IoU >= 0.5); refined ({refiner.about}, min_gain {result['min_gain']:+.2f}): {change_line(result)} "
         "of the matched"
     )
     if args.json:
@@ -467,7 +467,9 @@ def add_eval_parser(sub) -> None:
         default=None,
         help="the refiner to score: a run folder or refiner file (default: the shipped prior)",
     )
-    e.add_argument("--min-gain", type=float, default=None, help="the gate's margin (default: the refiner's)")
+    e.add_argument(
+        "--min-gain", type=float, default=None, help="the gate's one margin (default: the refiner's for these boxes)"
+    )
     e.add_argument("--no-sam", action="store_true", help="skip the HQ-SAM zero-shot baseline")
     e.add_argument(
         "--detections",
@@ -524,7 +526,7 @@ def add_refine_parser(sub) -> None:
         "--min-gain",
         type=float,
         default=None,
-        help="move a box only if its predicted IoU grows this much (default: the refiner's, chosen on validation data)",
+        help="move a box only if its predicted IoU grows this much (default: the refiner's margin for these boxes)",
     )
     add_dataset_options(r)
     r.add_argument("--out", type=Path, required=True, help="the JSON file (COCO) or folder (YOLO, VOC) to write")

@@ -14,7 +14,8 @@ from .distributed import gather_over_ranks
 from .learner import Callback
 
 # %% auto #0
-__all__ = ['GATE_MARGINS', 'GainCB', 'good_boxes_harmed', 'best_min_gain', 'gate_summary', 'gate_line']
+__all__ = ['GATE_MARGINS', 'SET_SHARES', 'SET_SIZE', 'SET_PRIOR_BOXES', 'GainCB', 'good_boxes_harmed', 'best_min_gain',
+           'gate_summary', 'gate_line', 'monotone_fit', 'set_margins', 'set_min_gain', 'curve_line']
 
 # %% ../nbs/06_gate.ipynb #cef210bd
 GATE_MARGINS = tuple(round(float(m), 2) for m in np.arange(-0.10, 0.205, 0.01))
@@ -83,4 +84,63 @@ def gate_line(gate: dict) -> str:
         f"gated {gate['gated_mean_iou']:.3f} "
         f"({gate['moved']:.0%} moved, {gate['worse_by_0.05']:.1%} worse by > 0.05; "
         f"of the good boxes {gate['good_boxes_harmed']:.1%})"
+        + (f"; {curve_line(gate['curve'])}" if gate.get("curve") else "")
+    )
+
+# %% ../nbs/06_gate.ipynb #36c1c1ac
+SET_SHARES = tuple(round(float(s), 2) for s in np.linspace(0, 1, 21))  # Shares of boxes that are not good in a set
+SET_SIZE = 400  # Boxes in each validation set the curve is fitted on (drawn with replacement)
+SET_PRIOR_BOXES = 20  # A set's mean predicted gain is shrunk toward the validation mix's by this many boxes
+
+
+def monotone_fit(x: Tensor, y: Tensor) -> tuple:
+    "The non-decreasing least-squares fit of `y` on `x` (pool adjacent violators): its knots, (xs, ys)."
+    blocks = []  # [sum of y, count, first x, last x] of each pooled run
+    order = x.argsort()
+    for xi, yi in zip(x[order].tolist(), y[order].tolist()):
+        blocks.append([yi, 1, xi, xi])
+        while len(blocks) > 1 and blocks[-2][0] * blocks[-1][1] > blocks[-1][0] * blocks[-2][1]:
+            s, n, _, last = blocks.pop()
+            blocks[-1] = [blocks[-1][0] + s, blocks[-1][1] + n, blocks[-1][2], last]
+    return [(a + b) / 2 for *_, a, b in blocks], [s / n for s, n, *_ in blocks]
+
+
+def set_margins(
+    table: Tensor,  # A `GainCB` table: input IoU, refined IoU, predicted gain
+    shares=SET_SHARES,  # Shares of not-good boxes (input IoU < 0.95) in the sets
+    size: int = SET_SIZE,  # Boxes per set
+    repeats: int = 3,  # Sets per share
+    seed: int = 0,
+) -> dict | None:  # gain, min_gain: the curve's knots (gain increasing); mix_gain: the table's mean; None if empty
+    "The gate's curve: each validation set's best margin against its mean predicted gain, fitted non-increasing."
+    if len(table) == 0:
+        return None
+    good = table[:, 0] >= 0.95
+    pools = [good.nonzero()[:, 0], (~good).nonzero()[:, 0]]
+    g = torch.Generator().manual_seed(seed)
+    means, margins = [], []
+    for share in shares:
+        counts = (size - round(share * size), round(share * size))
+        if any(n and not len(pool) for n, pool in zip(counts, pools)):
+            continue
+        for _ in range(repeats):
+            drawn = [pool[torch.randint(len(pool), (n,), generator=g)] for pool, n in zip(pools, counts)]
+            rows = table[torch.cat(drawn)]
+            means.append(rows[:, 2].mean().item())
+            margins.append(best_min_gain(*rows.T))
+    xs, ys = monotone_fit(-torch.tensor(means), torch.tensor(margins))  # non-decreasing in minus the gain
+    return {"gain": [-x for x in xs[::-1]], "min_gain": ys[::-1], "mix_gain": table[:, 2].mean().item()}
+
+
+def set_min_gain(curve: dict, gain: Tensor, prior_boxes: int = SET_PRIOR_BOXES) -> float:
+    "The margin for a set of boxes refined together: the curve at their mean predicted gain (shrunk)."
+    mean = (gain.sum().item() + prior_boxes * curve["mix_gain"]) / (len(gain) + prior_boxes)
+    return round(float(np.interp(mean, curve["gain"], curve["min_gain"])), 3)
+
+
+def curve_line(curve: dict) -> str:
+    "The curve in a few words."
+    return (
+        f"for a set of boxes, min_gain {curve['min_gain'][0]:+.2f} where little gain is predicted "
+        f"(mean {curve['gain'][0]:+.2f}) to {curve['min_gain'][-1]:+.2f} where much is ({curve['gain'][-1]:+.2f})"
     )

@@ -19,11 +19,11 @@ from .formats import SIDECAR, Dataset, FormatError, read_dataset, write_dataset
 from .machine import live_progress
 from .metrics import change_shares, detection_ap, evaluate_boxes, match_detections
 from .prior import load_prior, prior_path
-from .refiner import BoxRefiner
+from .refiner import BoxRefiner, regate
 
 # %% auto #0
-__all__ = ['refiner_at', 'refiner_cache', 'refine_records', 'refined_method', 'same_images', 'refined_detections', 'refined_coco',
-           'move_summary', 'refuse_inside_input', 'check_output', 'refine_dataset']
+__all__ = ['refiner_at', 'refiner_cache', 'refine_records', 'gated_at', 'refined_method', 'same_images', 'refined_detections',
+           'refined_coco', 'move_summary', 'refuse_inside_input', 'check_output', 'refine_dataset']
 
 # %% ../nbs/09_inference.ipynb #545ba980
 def refiner_at(run=None) -> BoxRefiner:
@@ -44,15 +44,23 @@ def refine_records(
     boxes: list,  # Per record, the (N_i, 4) xyxy pixel boxes to refine
     cache: FeatureCache | None = None,  # Cache of the refiner's encoder, when it reads SAM features
     progress: bool = True,  # Show a progress bar
-    min_gain: float | None = None,  # The gate's margin; None: the refiner's own
+    min_gain: float | None = None,  # The gate's margin; None: the refiner's margin for all these boxes as one set
 ) -> list:  # One `Refinement` per record
-    "Refine the boxes of every record."
+    "Refine the boxes of every record, gated together: at `min_gain`, else at `BoxRefiner.margin_for` of them all."
     from fastprogress.fastprogress import progress_bar
 
     if cache is not None:
         cache.warm([r.path for r in records], progress=progress)
     shown = progress_bar(records, leave=False) if progress and live_progress() else records
-    return [refiner.refine_boxes(r.path, b, cache, min_gain) for r, b in zip(shown, boxes)]
+    out = [refiner.refine_boxes(r.path, b, cache, float("-inf")) for r, b in zip(shown, boxes)]
+    gains = torch.cat([o.proposed_quality - o.input_quality for o in out] or [torch.zeros(0)])
+    margin = refiner.margin_for(gains) if min_gain is None else min_gain
+    return [regate(o, margin) for o in out]
+
+
+def gated_at(refined: list, refiner: BoxRefiner) -> float:
+    "The margin `refine_records` gated these refinements at (the refiner's own when there were none)."
+    return refined[0].min_gain if refined else refiner.min_gain
 
 
 def refined_method(
@@ -75,6 +83,7 @@ def refined_method(
         **evaluate_boxes(records, [o.boxes for o in out], [o.quality for o in out]),
         **change_shares(before, after),
         "moved": moved,
+        "min_gain": gated_at(out, refiner),
     }
 
 # %% ../nbs/09_inference.ipynb #0f8380b9
@@ -121,6 +130,7 @@ def refined_detections(
         },
     }
     counts = {"detections": len(moved), "matched": len(before), "moved": moved.double().mean().item()}
+    counts["min_gain"] = gated_at(refined, refiner)
     return {**rows, **counts, **change_shares(before, after)}
 
 # %% ../nbs/09_inference.ipynb #fed06df0
@@ -188,7 +198,7 @@ def refine_dataset(
     format: str | None = None,  # The input's format; None: detected
     to: str | None = None,  # The output's format; None: the input's
     images_from=None,  # For COCO results: the instances file with their images and categories
-    min_gain: float | None = None,  # The gate's margin; None: the refiner's own
+    min_gain: float | None = None,  # The gate's margin; None: the refiner's for all these boxes as one set
     min_score: float | None = None,  # Refine only boxes scored at least this; the others are written as read
     split: str | None = None,  # Refine only the images of this split
     max_images: int | None = None,  # Refine only the first this many images
@@ -205,16 +215,14 @@ def refine_dataset(
     if not isinstance(dataset.coco.get("info", {}), dict):
         raise FormatError(f"{source}: 'info' must be a mapping, got {type(dataset.coco['info']).__name__}")
     refiner = refiner_at(run)
-    refiner.min_gain = refiner.min_gain if min_gain is None else min_gain
     if verbose:
         print(f"refiner: {refiner.about}")
         print(
             *(f"skipped {where}: {why}" for where, why in dataset.skipped), sep="\n", end="\n" * bool(dataset.skipped)
         )
     records = dataset.load(verbose, min_score=min_score, split=split).records[:max_images]
-    refined = refine_records(
-        refiner, records, [r.boxes for r in records], refiner_cache(refiner, cache_dir, max_disk_bytes), progress
-    )
+    cache = refiner_cache(refiner, cache_dir, max_disk_bytes)
+    refined = refine_records(refiner, records, [r.boxes for r in records], cache, progress, min_gain)
     no_id = sum(isinstance(a, dict) and "id" not in a for a in dataset.coco["annotations"])
     if verbose and no_id and dataset.format == "coco":
         print(f"{no_id} annotations have no id: they are matched by their position in {source}")
@@ -225,7 +233,7 @@ def refine_dataset(
         "annotations": len(coco["annotations"]),
         "images": len(records),
         "refiner": refiner.about,
-        "min_gain": refiner.min_gain,
+        "min_gain": gated_at(refined, refiner),
         "format": to,
         "out": str(out),
     }

@@ -22,6 +22,7 @@ from torchvision.ops import roi_align
 
 from .boxes import check_boxes, clip_boxes, elementwise_iou
 from .encoder import Encoder, EncoderConfig, ImageTransform, load_rgb
+from .gate import set_min_gain
 from .loss import LossConfig, box_loss
 from .run import NotARefinerCheckpoint, checkpoint_file, read_checkpoint
 
@@ -30,7 +31,7 @@ __all__ = ['SAM_INPUTS', 'HEADS', 'PIXEL_MEAN', 'PIXEL_STD', 'EDGE_PRIOR', 'REQU
            'apply_deltas', 'CropEncoder', 'image_planes', 'image_crops', 'FeatureRoI', 'feature_windows',
            'box_geometry', 'EdgeLocator', 'edge_position_loss', 'NonFiniteOutput', 'BoxRefinerNet', 'RefinerLoss',
            'refiner_loss', 'EncoderMismatch', 'read_safetensors_refiner', 'read_refiner_checkpoint', 'BoxRefiner',
-           'image_inputs', 'Refinement', 'gate_boxes']
+           'image_inputs', 'Refinement', 'gate_boxes', 'regate']
 
 # %% ../nbs/05_refiner.ipynb #53994633
 SAM_INPUTS = ("off", "embedding", "embedding+interm", "auto")
@@ -373,10 +374,12 @@ class BoxRefiner:
         fingerprint: str | None,
         min_gain: float = 0.0,
         about: str = "",
+        gate_curve: dict | None = None,
     ):
         self.net, self.encoder_config, self.fingerprint, self._encoder = net.eval(), encoder_config, fingerprint, None
         self.min_gain = min_gain  # Keep the input box unless refining it is predicted to gain at least this much IoU
         self.about = about  # Where the weights come from, said to the user
+        self.gate_curve = gate_curve  # The margin for a set of boxes by their mean predicted gain (`set_margins`)
 
     @classmethod
     def from_state(cls, state: dict, extra: dict, about: str) -> "BoxRefiner":
@@ -395,6 +398,7 @@ class BoxRefiner:
             extra["encoder_fingerprint"],
             extra.get("min_gain", 0.0),
             about,
+            extra.get("gate_curve"),
         )
 
     @classmethod
@@ -404,7 +408,11 @@ class BoxRefiner:
         if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes zip archives
             return cls.from_state(*read_safetensors_refiner(path), about=str(path))
         ckpt = read_refiner_checkpoint(path)
-        extra = {**ckpt["extra_state"], "min_gain": ckpt.get("min_gain", 0.0)}
+        extra = {
+            **ckpt["extra_state"],
+            "min_gain": ckpt.get("min_gain", 0.0),
+            "gate_curve": ckpt.get("gate", {}).get("curve"),
+        }
         return cls.from_state(ckpt["model"], extra, about=str(checkpoint_file(path)))
 
     def extra_state(self) -> dict:
@@ -418,7 +426,7 @@ class BoxRefiner:
 
     def save(self, path, **info) -> None:
         "Save the weights and settings only (no optimizer, no pickle) as safetensors; `info`: more JSON-ready metadata."
-        meta = {**self.extra_state(), "min_gain": self.min_gain, **info}
+        meta = {**self.extra_state(), "min_gain": self.min_gain, "gate_curve": self.gate_curve, **info}
         save_file(
             {k: v.contiguous() for k, v in self.net.state_dict().items()},
             str(path),
@@ -476,6 +484,9 @@ class Refinement(NamedTuple):
     proposed: Tensor  # (N, 4) the refined boxes, before the gate
     input_quality: Tensor  # (N,) predicted IoU of each input box
     moved: Tensor  # (N,) bool: the answer is the refined box
+    given: Tensor  # (N, 4) the input boxes, clipped to the image
+    proposed_quality: Tensor  # (N,) predicted IoU of each refined box
+    min_gain: float  # The margin the boxes were gated at
 
 
 def gate_boxes(
@@ -493,7 +504,28 @@ def gate_boxes(
         proposed,
         input_quality,
         moved,
+        inputs,
+        quality,
+        min_gain,
     )
+
+
+def regate(refinement: Refinement, min_gain: float) -> Refinement:
+    "The same answer gated at another margin."
+    r = refinement
+    return gate_boxes(r.given, r.proposed, r.proposed_quality, r.input_quality, min_gain)
+
+
+@patch
+def margin_for(self: BoxRefiner, gain: Tensor) -> float:
+    "The margin for a set of boxes refined together, from their predicted gains: the gate curve's, else `min_gain`."
+    return self.min_gain if self.gate_curve is None else set_min_gain(self.gate_curve, gain)
+
+
+@patch
+def fix_margin(self: BoxRefiner, min_gain: float) -> None:
+    "Gate every set of boxes at `min_gain` (`--min-gain`), instead of the curve's margin for the set."
+    self.min_gain, self.gate_curve = min_gain, None
 
 
 @patch
@@ -503,7 +535,7 @@ def refine_boxes(
     image,  # A path, PIL image or uint8 array
     boxes,  # (N, 4) xyxy pixel boxes: numpy array or tensor
     cache=None,  # A `FeatureCache` of the training encoder, or None to encode directly
-    min_gain: float | None = None,  # The gate's margin; None: the refiner's own (chosen on validation data)
+    min_gain: float | None = None,  # The gate's margin; None: `set_min_gain` of these boxes (chosen on validation)
 ) -> Refinement:  # Tensors, boxes clipped to the image
     "Refine the boxes of one image, with everything the refiner says about each."
     if cache is not None:
@@ -517,7 +549,7 @@ def refine_boxes(
     hw = torch.tensor([rgb.shape[:2]], dtype=torch.float32)
     start = clip_boxes(check_boxes(start.reshape(-1, 4), "boxes"), hw[0])
     if len(start) == 0:
-        return Refinement(start, start.new_zeros(0), start, start.new_zeros(0), torch.zeros(0, dtype=torch.bool))
+        return gate_boxes(start, start, start.new_zeros(0), start.new_zeros(0), self.min_gain)
     batch = {
         "features": self.image_batch_inputs(rgb, cache),
         "image_hw": hw,
@@ -525,13 +557,9 @@ def refine_boxes(
         "noisy": start,
     }
     out = self.net(batch)
-    return gate_boxes(
-        start,
-        out["boxes"][-1],
-        torch.sigmoid(out["quality"]),
-        torch.sigmoid(out["input_quality"]),
-        self.min_gain if min_gain is None else min_gain,
-    )
+    quality, input_quality = torch.sigmoid(out["quality"]), torch.sigmoid(out["input_quality"])
+    margin = self.margin_for(quality - input_quality) if min_gain is None else min_gain
+    return gate_boxes(start, out["boxes"][-1], quality, input_quality, margin)
 
 
 @patch

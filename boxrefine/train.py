@@ -32,7 +32,7 @@ from boxrefine.distributed import (
     world,
 )
 from .encoder import EncoderConfig
-from .gate import GainCB, best_min_gain, gate_line, gate_summary
+from .gate import GainCB, best_min_gain, gate_line, gate_summary, set_margins
 from boxrefine.learner import (
     Callback,
     DeviceCB,
@@ -378,11 +378,11 @@ def core_callbacks(precision: str, device) -> list:
 
 
 def choose_min_gain(net, records: list, config: Config, features, device, precision: str) -> dict:
-    "The gate's margin, chosen on `records` with every kind of box error; and what the gate does there."
+    "The gate's margin and curve, chosen on `records` with every kind of box error; and what the gate does there."
     collect = GainCB()
     loader = make_loader(records, config.data.gate_noise_config(), config.data, False, features)
     RefinerLearner(net, None, loader, config, core_callbacks(precision, device) + [collect]).fit(1, train=False)
-    return gate_summary(collect.table, best_min_gain(*collect.table.T))
+    return {**gate_summary(collect.table, best_min_gain(*collect.table.T)), "curve": set_margins(collect.table)}
 
 
 def record_gate(checkpoint, gate: dict) -> None:
@@ -503,7 +503,7 @@ def train_refiner(
     learn.fit(config.training.epochs)
     net.eval()
     learn.gate = choose_min_gain(net, val_records, config, features, device, choice.precision)
-    refiner.min_gain = learn.gate["min_gain"]
+    refiner.min_gain, refiner.gate_curve = learn.gate["min_gain"], learn.gate["curve"]
     if rank == 0:
         print(gate_line(learn.gate))
         if run_dir is not None:

@@ -4,6 +4,7 @@ import torch
 
 from boxrefine.boxes import elementwise_iou
 from boxrefine.data import NoiseConfig, load_sample
+from boxrefine.inference import gated_at, refine_records
 from boxrefine.prior import load_prior, prior_info, prior_path
 
 
@@ -26,3 +27,15 @@ def test_the_prior_refines_the_bundled_sample_better_than_the_input():
     clean = [prior.refine(r.path, r.boxes)[0] for r in records]  # do no harm: clean boxes stay near where they are
     iou = torch.cat([elementwise_iou(c, r.boxes) for c, r in zip(clean, records)])
     assert iou.mean() > 0.95 and (iou < 0.95).float().mean() < 0.05
+
+
+def test_the_prior_gates_a_set_that_looks_noisy_more_freely_than_a_clean_one():
+    "All the boxes of one call are one set: the margin follows how clean the judge finds them, one margin per set."
+    records, prior = load_sample(verbose=False).records, load_prior()
+    assert prior.gate_curve["min_gain"] == sorted(prior.gate_curve["min_gain"], reverse=True)
+    clean = refine_records(prior, records, [r.boxes for r in records], progress=False)
+    noisy = refine_records(prior, records, [NoiseConfig(r=0.3, seed=1).noisy(r) for r in records], progress=False)
+    assert gated_at(noisy, prior) < gated_at(clean, prior), (gated_at(noisy, prior), gated_at(clean, prior))
+    assert {o.min_gain for o in noisy} == {gated_at(noisy, prior)}
+    moved = [torch.cat([o.moved for o in out]).float().mean() for out in (clean, noisy)]
+    assert moved[1] > moved[0], moved

@@ -252,10 +252,13 @@ def test_split_records_reads_valid_and_never_uses_test_images():
 
 
 def test_train_starts_from_the_prior_and_writes_the_gate_into_best(cli_run, tmp_path):
-    "The default run fine-tunes the shipped prior; --from-scratch does not; best.pt carries the chosen margin."
+    "The default run fine-tunes the shipped prior; --from-scratch does not; best.pt carries the margin and its curve."
     out, done = cli_run
     assert "starting from the shipped prior (" in done.stdout and "gate: min_gain" in done.stdout
-    assert -0.1 <= BoxRefiner.load(out).min_gain <= 0.2
+    assert "for a set of boxes, min_gain" in done.stdout
+    trained = BoxRefiner.load(out)
+    margins = trained.gate_curve["min_gain"]
+    assert -0.1 <= trained.min_gain <= 0.2 and margins == sorted(margins, reverse=True)
     scratch = run(
         "train", *SAMPLE, "--out", str(tmp_path / "s"), "--epochs", "1", "--max-images", "2", "--from-scratch"
     )
