@@ -23,7 +23,6 @@ from quality import INPUTS, SETS, load
 
 def answers(refiner, records):
     "Per kind of input: input, proposal and true boxes, predicted input quality and gain (ungated)."
-    from boxrefine.boxes import clip_boxes
     from boxrefine.data import NoiseConfig
     from boxrefine.inference import refine_records
 
@@ -31,9 +30,8 @@ def answers(refiner, records):
     for kind, r in INPUTS:
         noisy = [NoiseConfig(r=r, seed=0, errors=kind).noisy(x) for x in records]
         got = refine_records(refiner, records, noisy, progress=False, min_gain=float("-inf"))  # quality: the proposal's
-        hw = [torch.tensor(x.image_hw, dtype=torch.float32) for x in records]
         out[f"{kind} {r}" if kind == "jitter" else kind] = {
-            "input": torch.cat([clip_boxes(n, h) for n, h in zip(noisy, hw)]),
+            "input": torch.cat([g.given for g in got]),
             "proposal": torch.cat([g.proposed for g in got]),
             "true": torch.cat([x.boxes for x in records]),
             "input_quality": torch.cat([g.input_quality for g in got]),

@@ -14,8 +14,9 @@ their val/valid splits picks the best epoch and the gate) and saves it as safete
 `table`, for each set S: trains a prior on the other two sets (S is never seen; `--priors DIR` keeps it and
 reuses it later), scores it on S's test split (no training on S), then fine-tunes it with the default settings
 on 25, 50, 100 and all of S's training images, or the `--sizes` named (validation: S's val split), and scores
-each on S's test split; other sets' rows in the JSON are kept. Input errors: clean boxes, OA-MIL jitter at
-r = 0.1 and 0.2, boxes too large, too small, shifted and with one edge off at level 0.2 (seed 0).
+each on S's test split; other sets' rows and other sizes' runs in the JSON are kept. Input errors: clean
+boxes, OA-MIL jitter at r = 0.1 and 0.2, boxes too large, too small, shifted and with one edge off at level
+0.2 (seed 0).
 `augment` trains from scratch on a set's first N training images (the seeded choice), without and with the
 default augmentation, and scores both, gated and ungated, on the set's val split (it tunes a default).
 `sets` scores the shipped prior (or `--refiner`) on each set's val split (it tunes a default), each kind of
@@ -173,13 +174,18 @@ def held_out_prior(held, others, folder, epochs):
     return path, round(time.perf_counter() - start)
 
 
+def save_row(path, results, held, row):
+    "Write `held`'s row into the JSON at `path`, read again now: other sets' rows and other sizes' runs are kept."
+    sets = json.loads(path.read_text()).get("sets", {}) if path.exists() else {}
+    trained = {**sets.get(held, {}).get("trained", {}), **row["trained"]}
+    path.write_text(json.dumps({**results, "sets": {**sets, held: {**row, "trained": trained}}}, indent=1))
+
+
 def table_command(args):
     from boxrefine.machine import cpu_description
     from boxrefine.refiner import BoxRefiner
 
-    results = {"cpu": cpu_description(), "prior_epochs": args.prior_epochs, "sets": {}}
-    if args.json.exists():  # a run for other sets keeps theirs
-        results["sets"] = json.loads(args.json.read_text()).get("sets", {})
+    results = {"cpu": cpu_description(), "prior_epochs": args.prior_epochs}
     with tempfile.TemporaryDirectory() as scratch:
         for held in args.sets:
             others = [s for s in SETS if s != held]
@@ -199,8 +205,8 @@ def table_command(args):
                     **score(refiner, te),
                 }
                 print(held, key, json.dumps(row["trained"][key]), flush=True)
-            results["sets"][held] = row
-            args.json.write_text(json.dumps(results, indent=1))
+                save_row(args.json, results, held, row)  # after each run: a stopped table keeps what it measured
+            save_row(args.json, results, held, row)
 
 
 def augment_command(args):
