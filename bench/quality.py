@@ -82,7 +82,7 @@ def train(train_records, val_records, init, settings=()):
 def score(refiner, records, inputs=INPUTS, min_gain=None):
     "Per kind of input error: mean IoU of the input and of the answer (gated at `min_gain`), and the change shares."
     from boxrefine.boxes import elementwise_iou
-    from boxrefine.inference import refine_records
+    from boxrefine.inference import gated_at, refine_records
     from boxrefine.data import NoiseConfig
     from boxrefine.metrics import change_shares
 
@@ -97,6 +97,7 @@ def score(refiner, records, inputs=INPUTS, min_gain=None):
             "input": before.mean().item(),
             "output": after.mean().item(),
             **change_shares(before, after),
+            "min_gain": gated_at(out, refiner, min_gain),  # the margin this kind, as one set, was gated at
         }
     return rows
 
@@ -177,8 +178,11 @@ def held_out_prior(held, others, folder, epochs):
 def save_row(path, results, held, row):
     "Write `held`'s row into the JSON at `path`, read again now: other sets' rows and other sizes' runs are kept."
     sets = json.loads(path.read_text()).get("sets", {}) if path.exists() else {}
-    trained = {**sets.get(held, {}).get("trained", {}), **row["trained"]}
-    path.write_text(json.dumps({**results, "sets": {**sets, held: {**row, "trained": trained}}}, indent=1))
+    old = sets.get(held, {})
+    trained = {**old.get("trained", {}), **row["trained"]}
+    seconds = row["prior_seconds"] if row["prior_seconds"] is not None else old.get("prior_seconds")  # None: reused
+    new = {**row, "prior_seconds": seconds, "trained": trained}
+    path.write_text(json.dumps({**results, "sets": {**sets, held: new}}, indent=1))
 
 
 def table_command(args):
@@ -201,7 +205,7 @@ def table_command(args):
                 row["trained"][key] = {
                     "images": len(subset(tr, n)),
                     "seconds": round(time.perf_counter() - start),
-                    "min_gain": refiner.min_gain,
+                    "min_gain": refiner.min_gain,  # its one margin; each kind's row says what it was gated at
                     **score(refiner, te),
                 }
                 print(held, key, json.dumps(row["trained"][key]), flush=True)

@@ -112,7 +112,7 @@ def _judgement(given: Tensor, answers: tuple) -> Judgement:
     "One image's judgement from its given boxes and each pass's `Refinement`."
     first = answers[0]
     candidates = torch.stack([given, *(a.proposed for a in answers)])
-    ratings = torch.stack([first.input_quality, *(a.quality for a in answers)])
+    ratings = torch.stack([first.input_quality, *(a.proposed_quality for a in answers)])  # each candidate's own
     best = ratings.argmax(0)
     return Judgement(
         first.input_quality,

@@ -124,7 +124,9 @@ def set_margins(
         if any(n and not len(pool) for n, pool in zip(counts, pools)):
             continue
         for _ in range(repeats):
-            drawn = [pool[torch.randint(len(pool), (n,), generator=g)] for pool, n in zip(pools, counts)]
+            drawn = [
+                pool[torch.randint(len(pool), (n,), generator=g)] if n else pool[:0] for pool, n in zip(pools, counts)
+            ]
             rows = table[torch.cat(drawn)]
             means.append(rows[:, 2].mean().item())
             margins.append(best_min_gain(*rows.T))

@@ -54,13 +54,13 @@ def refine_records(
     shown = progress_bar(records, leave=False) if progress and live_progress() else records
     out = [refiner.refine_boxes(r.path, b, cache, float("-inf")) for r, b in zip(shown, boxes)]
     gains = torch.cat([o.proposed_quality - o.input_quality for o in out] or [torch.zeros(0)])
-    margin = refiner.margin_for(gains) if min_gain is None else min_gain
+    margin = refiner.margin_for(gains, min_gain)
     return [regate(o, margin) for o in out]
 
 
-def gated_at(refined: list, refiner: BoxRefiner) -> float:
-    "The margin `refine_records` gated these refinements at (the refiner's own when there were none)."
-    return refined[0].min_gain if refined else refiner.min_gain
+def gated_at(refined: list, refiner: BoxRefiner, min_gain: float | None = None) -> float:
+    "The margin `refine_records` gated these refinements at (`min_gain`) or, for no records, would have."
+    return refined[0].min_gain if refined else refiner.margin_for(torch.zeros(0), min_gain)
 
 
 def refined_method(
@@ -83,7 +83,7 @@ def refined_method(
         **evaluate_boxes(records, [o.boxes for o in out], [o.quality for o in out]),
         **change_shares(before, after),
         "moved": moved,
-        "min_gain": gated_at(out, refiner),
+        "min_gain": gated_at(out, refiner, min_gain),
     }
 
 # %% ../nbs/09_inference.ipynb #0f8380b9
@@ -130,7 +130,7 @@ def refined_detections(
         },
     }
     counts = {"detections": len(moved), "matched": len(before), "moved": moved.double().mean().item()}
-    counts["min_gain"] = gated_at(refined, refiner)
+    counts["min_gain"] = gated_at(refined, refiner, min_gain)
     return {**rows, **counts, **change_shares(before, after)}
 
 # %% ../nbs/09_inference.ipynb #fed06df0
@@ -233,7 +233,7 @@ def refine_dataset(
         "annotations": len(coco["annotations"]),
         "images": len(records),
         "refiner": refiner.about,
-        "min_gain": gated_at(refined, refiner),
+        "min_gain": gated_at(refined, refiner, min_gain),
         "format": to,
         "out": str(out),
     }

@@ -517,8 +517,10 @@ def regate(refinement: Refinement, min_gain: float) -> Refinement:
 
 
 @patch
-def margin_for(self: BoxRefiner, gain: Tensor) -> float:
-    "The margin for a set of boxes refined together, from their predicted gains: the gate curve's, else `min_gain`."
+def margin_for(self: BoxRefiner, gain: Tensor, min_gain: float | None = None) -> float:
+    "The margin for a set of boxes refined together: `min_gain` if given, else the gate curve's for their gains."
+    if min_gain is not None:
+        return min_gain
     return self.min_gain if self.gate_curve is None else set_min_gain(self.gate_curve, gain)
 
 
@@ -549,7 +551,8 @@ def refine_boxes(
     hw = torch.tensor([rgb.shape[:2]], dtype=torch.float32)
     start = clip_boxes(check_boxes(start.reshape(-1, 4), "boxes"), hw[0])
     if len(start) == 0:
-        return gate_boxes(start, start, start.new_zeros(0), start.new_zeros(0), self.min_gain)
+        none = start.new_zeros(0)
+        return gate_boxes(start, start, none, none, self.margin_for(none, min_gain))
     batch = {
         "features": self.image_batch_inputs(rgb, cache),
         "image_hw": hw,
@@ -558,7 +561,7 @@ def refine_boxes(
     }
     out = self.net(batch)
     quality, input_quality = torch.sigmoid(out["quality"]), torch.sigmoid(out["input_quality"])
-    margin = self.margin_for(quality - input_quality) if min_gain is None else min_gain
+    margin = self.margin_for(quality - input_quality, min_gain)
     return gate_boxes(start, out["boxes"][-1], quality, input_quality, margin)
 
 
@@ -568,7 +571,7 @@ def refine(
     image,  # A path, PIL image or uint8 array
     boxes,  # (N, 4) xyxy pixel boxes: numpy array or tensor
     cache=None,  # A `FeatureCache` of the training encoder, or None to encode directly
-    min_gain: float | None = None,  # The gate's margin; None: the refiner's own
+    min_gain: float | None = None,  # The gate's margin; None: the refiner's for these boxes (`margin_for`)
 ) -> tuple:  # refined boxes and qualities, numpy if `boxes` was numpy, else tensors
     "Refine the boxes of one image: the answer boxes and their predicted IoU."
     out = self.refine_boxes(image, boxes, cache, min_gain)
