@@ -32,7 +32,6 @@ def test_the_prior_refines_the_bundled_sample_better_than_the_input():
 def test_the_prior_gates_a_set_that_looks_noisy_more_freely_than_a_clean_one():
     "All the boxes of one call are one set: the margin follows how clean the judge finds them, one margin per set."
     records, prior = load_sample(verbose=False).records, load_prior()
-    assert prior.gate_curve["min_gain"] == sorted(prior.gate_curve["min_gain"], reverse=True)
     clean = refine_records(prior, records, [r.boxes for r in records], progress=False)
     noisy = refine_records(prior, records, [NoiseConfig(r=0.3, seed=1).noisy(r) for r in records], progress=False)
     assert gated_at(noisy, prior) < gated_at(clean, prior), (gated_at(noisy, prior), gated_at(clean, prior))
