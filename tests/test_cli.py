@@ -7,11 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-
-def run(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "boxrefine.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
+from cli_runner import run_cli as run  # each command in a process of its own, forked after torch's import
 
 
 def test_demo_trains_prints_the_tables_and_writes_the_pictures_twice(tmp_path):

@@ -2,14 +2,13 @@
 
 import json
 import shutil
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli as run
 
 from boxrefine.boxes import noisy_boxes
 from boxrefine.encoder import EncoderConfig
@@ -17,10 +16,6 @@ from boxrefine.formats import SIDECAR, read_dataset
 from boxrefine.refiner import BoxRefiner, BoxRefinerNet, RefinerConfig
 
 PLATES = Path(__file__).resolve().parents[2] / "shared" / "data" / "license_plates"
-
-
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "boxrefine.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
