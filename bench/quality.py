@@ -20,8 +20,8 @@ boxes, OA-MIL jitter at r = 0.1 and 0.2, boxes too large, too small, shifted and
 `augment` trains from scratch on a set's first N training images (the seeded choice), without and with the
 default augmentation, and scores both, gated and ungated, on the set's val split (it tunes a default).
 `sets` scores the shipped prior (or `--refiner`) on each set's val split (it tunes a default), each kind of
-input gated as one set (the default: the gate curve's margin for the set), at the refiner's one margin, and
-ungated.
+input, and a set where a quarter of the boxes are jittered at r = 0.2 and the rest exact, gated as one set (the
+default: the gate curve's margin for the set), at the refiner's one margin, and ungated.
 Tuning data only feeds training and the gate: test images are read only for scoring.
 """
 
@@ -45,6 +45,7 @@ INPUTS = (
     ("shift", 0.2),
     ("edge", 0.2),
 )
+MIXED = (("clean:3 jitter:1", 0.2),)  # a set where a quarter of the boxes are jittered and the rest exact
 SIZES = (25, 50, 100, None)
 
 
@@ -240,7 +241,7 @@ def sets_command(args):
     out = {"cpu": cpu_description(), "refiner": refiner.about, "min_gain": refiner.min_gain, "sets": {}}
     for name in SETS:
         val = load(name)[1]
-        out["sets"][name] = {gate: score(refiner, val, min_gain=m) for gate, m in gates.items()}
+        out["sets"][name] = {gate: score(refiner, val, INPUTS + MIXED, m) for gate, m in gates.items()}
         print(
             name,
             json.dumps({g: {k: round(v["output"], 3) for k, v in r.items()} for g, r in out["sets"][name].items()}),

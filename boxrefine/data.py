@@ -22,10 +22,10 @@ from torch.utils.data import Dataset
 from .boxes import ERROR_KINDS, stable_int, error_boxes, noise_draws
 
 # %% auto #0
-__all__ = ['WIDE_MODES', 'DROP_REASONS', 'EXIF_TURNED', 'AUGMENTATIONS', 'SamplePaths', 'sample_paths', 'ImageReadError',
-           'to_8bit', 'read_image', 'LoadConfig', 'ImageBoxes', 'CocoError', 'LoadReport', 'annotation_key',
-           'upright_size', 'CocoData', 'load_coco', 'load_sample', 'NoiseConfig', 'NoisyBoxDataset', 'flip_boxes',
-           'flip_features', 'jitter_colour', 'Augment', 'collate_boxes']
+__all__ = ['WIDE_MODES', 'DROP_REASONS', 'EXIF_TURNED', 'AUGMENTATIONS', 'PER_BOX_KEYS', 'SamplePaths', 'sample_paths',
+           'ImageReadError', 'to_8bit', 'read_image', 'LoadConfig', 'ImageBoxes', 'CocoError', 'LoadReport',
+           'annotation_key', 'upright_size', 'CocoData', 'load_coco', 'load_sample', 'NoiseConfig', 'NoisyBoxDataset',
+           'flip_boxes', 'flip_features', 'jitter_colour', 'Augment', 'collate_boxes']
 
 # %% ../nbs/04_data.ipynb #ac79ead1
 class SamplePaths(NamedTuple):
@@ -598,6 +598,8 @@ class NoisyBoxDataset(Dataset):
             "boxes": rec.boxes,
             "noisy": self.noise.noisy(rec, epoch),
             "category_ids": rec.category_ids,
+            "error_kinds": torch.from_numpy(self.noise.kinds(rec, epoch)),  # each noisy box's index in `ERROR_KINDS`
+            "error_levels": self.noise.levels(rec, epoch).float(),  # and its noise level
         }
         if self.features is not None:
             item["features"] = self.features(rec)
@@ -698,6 +700,9 @@ def _stack_features(features: list) -> dict:
     return {k: stack([f[k] for f in features]) for k in features[0]}
 
 
+PER_BOX_KEYS = ("boxes", "noisy", "category_ids", "error_kinds", "error_levels")  # concatenated over a batch's items
+
+
 def collate_boxes(
     items: list,  # Items of a `NoisyBoxDataset`
     max_boxes: int | None = None,  # Keep at most this many boxes per image; None: all
@@ -717,7 +722,7 @@ def collate_boxes(
         "box_index": torch.cat(keep),
     }
     batch.update(
-        {key: torch.cat([it[key][k] for it, k in zip(items, keep)]) for key in ("boxes", "noisy", "category_ids")}
+        {key: torch.cat([it[key][k] for it, k in zip(items, keep)]) for key in PER_BOX_KEYS if key in items[0]}
     )
     if "features" in items[0]:
         batch["features"] = _stack_features([it["features"] for it in items])

@@ -9,20 +9,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .boxes import elementwise_iou
+from .boxes import ERROR_KINDS, elementwise_iou
 from .distributed import gather_over_ranks
 from .learner import Callback
 
 # %% auto #0
-__all__ = ['GATE_MARGINS', 'SET_SHARES', 'SET_SIZE', 'SET_PRIOR_BOXES', 'GainCB', 'good_boxes_harmed', 'best_min_gain',
-           'gate_summary', 'gate_line', 'monotone_fit', 'set_margins', 'set_min_gain', 'curve_line']
+__all__ = ['GATE_MARGINS', 'SET_BANDS', 'SET_SIZE', 'SET_GROUP_BOXES', 'SET_PRIOR_BOXES', 'GainCB', 'good_boxes_harmed',
+           'best_min_gain', 'gate_summary', 'gate_line', 'monotone_fit', 'error_groups', 'set_margins', 'set_min_gain',
+           'curve_line']
 
 # %% ../nbs/06_gate.ipynb #cef210bd
 GATE_MARGINS = tuple(round(float(m), 2) for m in np.arange(-0.10, 0.205, 0.01))
 
 
 class GainCB(Callback):
-    "Per validation box: IoU of the input box, IoU of the refined box, predicted gain (gathered over processes)."
+    "Per validation box: IoU of the input and of the refined box, predicted gain, kind of error, noise level."
 
     order = 25
 
@@ -33,10 +34,11 @@ class GainCB(Callback):
         p, b = learn.preds, learn.batch
         gain = torch.sigmoid(p["quality"]) - torch.sigmoid(p["input_quality"])
         ious = [elementwise_iou(x.float(), b["boxes"]) for x in (b["noisy"], p["boxes"][-1])]
-        self.rows.append(torch.stack([*ious, gain.float()], 1).cpu())
+        kinds = [b["error_kinds"].float(), b["error_levels"]]
+        self.rows.append(torch.stack([*ious, gain.float(), *kinds], 1).cpu())
 
-    def after_fit(self, learn):
-        self.table = gather_over_ranks(torch.cat(self.rows) if self.rows else torch.zeros(0, 3))
+    def after_fit(self, learn):  # the table is gathered over processes
+        self.table = gather_over_ranks(torch.cat(self.rows) if self.rows else torch.zeros(0, 5))
 
 
 def good_boxes_harmed(input_iou: Tensor, gated_iou: Tensor, good: float = 0.95) -> float:
@@ -62,7 +64,7 @@ def best_min_gain(
 # %% ../nbs/06_gate.ipynb #8c9dddd8
 def gate_summary(table: Tensor, min_gain: float) -> dict:
     "What gating at `min_gain` does to the boxes of a `GainCB` table."
-    input_iou, refined_iou, gain = table.T
+    input_iou, refined_iou, gain = table[:, :3].T
     gated = torch.where(gain >= min_gain, refined_iou, input_iou)
     return {
         "min_gain": min_gain,
@@ -88,9 +90,10 @@ def gate_line(gate: dict) -> str:
     )
 
 # %% ../nbs/06_gate.ipynb #36c1c1ac
-SET_SHARES = tuple(round(float(s), 2) for s in np.linspace(0, 1, 21))  # Shares of boxes that are not good in a set
+SET_BANDS = 5  # Bands of noise level (quantiles) each kind of error is dealt into: one validation set each
 SET_SIZE = 400  # Boxes in each validation set the curve is fitted on (drawn with replacement)
-SET_PRIOR_BOXES = 20  # A set's mean predicted gain is shrunk toward the validation mix's by this many boxes
+SET_GROUP_BOXES = 20  # Fewest validation boxes of one kind and level band that make sets of their own
+SET_PRIOR_BOXES = 20  # A set's median predicted gain is shrunk toward the validation mix's by this many boxes
 
 
 def monotone_fit(x: Tensor, y: Tensor) -> tuple:
@@ -105,44 +108,50 @@ def monotone_fit(x: Tensor, y: Tensor) -> tuple:
     return [(a + b) / 2 for *_, a, b in blocks], [s / n for s, n, *_ in blocks]
 
 
+def error_groups(table: Tensor, bands: int = SET_BANDS, min_boxes: int = SET_GROUP_BOXES) -> list:
+    "Indices of a `GainCB` table's boxes of each kind of error but clean, in each band (quantiles) of noise level."
+    noisy = table[:, 3] != ERROR_KINDS.index("clean")
+    if not noisy.any():
+        return []
+    levels = table[:, 4].double()
+    edges = torch.quantile(levels[noisy], torch.linspace(0, 1, bands + 1, dtype=levels.dtype)[1:-1])
+    group = table[:, 3].long() * bands + torch.bucketize(levels, edges)  # the kind and the band in one number
+    groups = [(noisy & (group == g)).nonzero()[:, 0] for g in group[noisy].unique()]
+    return [g for g in groups if len(g) >= min_boxes]
+
+
 def set_margins(
-    table: Tensor,  # A `GainCB` table: input IoU, refined IoU, predicted gain
-    shares=SET_SHARES,  # Shares of not-good boxes (input IoU < 0.95) in the sets
+    table: Tensor,  # A `GainCB` table: input IoU, refined IoU, predicted gain, kind of error, noise level
     size: int = SET_SIZE,  # Boxes per set
-    repeats: int = 3,  # Sets per share
+    repeats: int = 3,  # Sets per pool
     seed: int = 0,
 ) -> dict | None:  # gain, min_gain: the curve's knots (gain increasing); mix_gain: the table's mean; None if empty
-    "The gate's curve: each validation set's best margin against its mean predicted gain, fitted non-increasing."
+    "The gate's curve: each validation set's best margin against its median predicted gain, fitted non-increasing."
     if len(table) == 0:
         return None
     good = table[:, 0] >= 0.95
-    pools = [good.nonzero()[:, 0], (~good).nonzero()[:, 0]]
+    errors = error_groups(table) or [(~good).nonzero()[:, 0]]  # too few boxes of each kind: the not good ones
     g = torch.Generator().manual_seed(seed)
-    means, margins = [], []
-    for share in shares:
-        counts = (size - round(share * size), round(share * size))
-        if any(n and not len(pool) for n, pool in zip(counts, pools)):
-            continue
+    medians, margins = [], []
+    for pool in [p for p in [good.nonzero()[:, 0], *errors] if len(p)]:
         for _ in range(repeats):
-            drawn = [
-                pool[torch.randint(len(pool), (n,), generator=g)] if n else pool[:0] for pool, n in zip(pools, counts)
-            ]
-            rows = table[torch.cat(drawn)]
-            means.append(rows[:, 2].mean().item())
-            margins.append(best_min_gain(*rows.T))
-    xs, ys = monotone_fit(-torch.tensor(means), torch.tensor(margins))  # non-decreasing in minus the gain
-    return {"gain": [-x for x in xs[::-1]], "min_gain": ys[::-1], "mix_gain": table[:, 2].mean().item()}
+            rows = table[pool[torch.randint(len(pool), (size,), generator=g)]]
+            medians.append(rows[:, 2].median().item())
+            margins.append(best_min_gain(*rows[:, :3].T))
+    xs, ys = monotone_fit(-torch.tensor(medians), torch.tensor(margins))  # non-decreasing in minus the gain
+    return {"gain": [-x for x in xs[::-1]], "min_gain": ys[::-1], "mix_gain": table[:, 2].median().item()}
 
 
 def set_min_gain(curve: dict, gain: Tensor, prior_boxes: int = SET_PRIOR_BOXES) -> float:
-    "The margin for a set of boxes refined together: the curve at their mean predicted gain (shrunk)."
-    mean = (gain.sum().item() + prior_boxes * curve["mix_gain"]) / (len(gain) + prior_boxes)
-    return round(float(np.interp(mean, curve["gain"], curve["min_gain"])), 3)
+    "The margin for a set of boxes refined together: the curve at their median predicted gain (shrunk)."
+    median = gain.median().item() if len(gain) else 0.0
+    shrunk = (len(gain) * median + prior_boxes * curve["mix_gain"]) / (len(gain) + prior_boxes)
+    return round(float(np.interp(shrunk, curve["gain"], curve["min_gain"])), 3)
 
 
 def curve_line(curve: dict) -> str:
     "The curve in a few words."
     return (
         f"for a set of boxes, min_gain {curve['min_gain'][0]:+.2f} where little gain is predicted "
-        f"(mean {curve['gain'][0]:+.2f}) to {curve['min_gain'][-1]:+.2f} where much is ({curve['gain'][-1]:+.2f})"
+        f"(median {curve['gain'][0]:+.2f}) to {curve['min_gain'][-1]:+.2f} where much is ({curve['gain'][-1]:+.2f})"
     )

@@ -379,7 +379,7 @@ class BoxRefiner:
         self.net, self.encoder_config, self.fingerprint, self._encoder = net.eval(), encoder_config, fingerprint, None
         self.min_gain = min_gain  # Keep the input box unless refining it is predicted to gain at least this much IoU
         self.about = about  # Where the weights come from, said to the user
-        self.gate_curve = gate_curve  # The margin for a set of boxes by their mean predicted gain (`set_margins`)
+        self.gate_curve = gate_curve  # The margin for a set of boxes by their median predicted gain (`set_margins`)
 
     @classmethod
     def from_state(cls, state: dict, extra: dict, about: str) -> "BoxRefiner":

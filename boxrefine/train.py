@@ -382,7 +382,7 @@ def choose_min_gain(net, records: list, config: Config, features, device, precis
     collect = GainCB()
     loader = make_loader(records, config.data.gate_noise_config(), config.data, False, features)
     RefinerLearner(net, None, loader, config, core_callbacks(precision, device) + [collect]).fit(1, train=False)
-    return {**gate_summary(collect.table, best_min_gain(*collect.table.T)), "curve": set_margins(collect.table)}
+    return {**gate_summary(collect.table, best_min_gain(*collect.table[:, :3].T)), "curve": set_margins(collect.table)}
 
 
 def record_gate(checkpoint, gate: dict) -> None:
