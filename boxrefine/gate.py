@@ -92,7 +92,7 @@ def gate_line(gate: dict) -> str:
 # %% ../nbs/06_gate.ipynb #36c1c1ac
 SET_BANDS = 5  # Bands of noise level (quantiles) each kind of error is dealt into: one validation set each
 SET_SIZE = 400  # Boxes in each validation set the curve is fitted on (drawn with replacement)
-SET_GROUP_BOXES = 20  # Fewest validation boxes of one kind and level band that make sets of their own
+SET_GROUP_BOXES = 20  # Fewest validation boxes in a band of one kind of error
 SET_PRIOR_BOXES = 20  # A set's median predicted gain is shrunk toward the validation mix's by this many boxes
 
 
@@ -109,15 +109,14 @@ def monotone_fit(x: Tensor, y: Tensor) -> tuple:
 
 
 def error_groups(table: Tensor, bands: int = SET_BANDS, min_boxes: int = SET_GROUP_BOXES) -> list:
-    "Indices of a `GainCB` table's boxes of each kind of error but clean, in each band (quantiles) of noise level."
-    noisy = table[:, 3] != ERROR_KINDS.index("clean")
-    if not noisy.any():
-        return []
-    levels = table[:, 4].double()
-    edges = torch.quantile(levels[noisy], torch.linspace(0, 1, bands + 1, dtype=levels.dtype)[1:-1])
-    group = table[:, 3].long() * bands + torch.bucketize(levels, edges)  # the kind and the band in one number
-    groups = [(noisy & (group == g)).nonzero()[:, 0] for g in group[noisy].unique()]
-    return [g for g in groups if len(g) >= min_boxes]
+    "Indices of a `GainCB` table's boxes of each kind of error but clean, in up to `bands` bands of noise level."
+    groups = []
+    for kind in table[:, 3].unique().tolist():
+        boxes = (table[:, 3] == kind).nonzero()[:, 0]
+        n = min(bands, len(boxes) // min_boxes)  # bands of at least `min_boxes` boxes each
+        if kind != ERROR_KINDS.index("clean") and n:
+            groups += list(boxes[table[boxes, 4].argsort()].tensor_split(n))  # equal shares, by level
+    return groups
 
 
 def set_margins(
