@@ -81,7 +81,9 @@ def gate_summary(table: Tensor, min_gain: float) -> dict:
 def gate_line(gate: dict) -> str:
     "What the chosen gate does on the validation boxes, in one line."
     return (
-        f"gate: min_gain {gate['min_gain']:+.2f} chosen on {gate['boxes']} validation boxes with every kind of error: "
+        f"gate: min_gain {gate['min_gain']:+.2f} chosen on {gate['boxes']} validation boxes with every kind of error"
+        + (f" ({gate['draws']} noise draws of each)" if gate.get("draws", 1) > 1 else "")
+        + ": "
         f"mean IoU input {gate['input_mean_iou']:.3f}, refined {gate['refined_mean_iou']:.3f}, "
         f"gated {gate['gated_mean_iou']:.3f} "
         f"({gate['moved']:.0%} moved, {gate['worse_by_0.05']:.1%} worse by > 0.05; "

@@ -11,7 +11,7 @@ import io
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -71,10 +71,11 @@ from boxrefine.run import (
 )
 
 # %% auto #0
-__all__ = ['VAL_SPLITS', 'RefinerLearner', 'choose_training_precision', 'MetricsCB', 'plot_curves', 'epoch_line', 'LogCB',
-           'checkpoint_state', 'load_checkpoint', 'CheckpointCB', 'BestWeightsCB', 'record_inputs', 'make_loader',
-           'split_records', 'core_callbacks', 'choose_min_gain', 'record_gate', 'build_callbacks', 'NotEnoughData',
-           'train_refiner', 'validate_checkpoint', 'RunMismatch', 'data_record', 'check_resume']
+__all__ = ['VAL_SPLITS', 'GATE_BOXES', 'GATE_DRAWS', 'RefinerLearner', 'choose_training_precision', 'MetricsCB', 'plot_curves',
+           'epoch_line', 'LogCB', 'checkpoint_state', 'load_checkpoint', 'CheckpointCB', 'BestWeightsCB',
+           'record_inputs', 'make_loader', 'split_records', 'core_callbacks', 'gate_draws', 'choose_min_gain',
+           'record_gate', 'build_callbacks', 'NotEnoughData', 'train_refiner', 'validate_checkpoint', 'RunMismatch',
+           'data_record', 'check_resume']
 
 # %% ../nbs/06_train.ipynb #1efdd65d
 class RefinerLearner(Learner):
@@ -377,12 +378,25 @@ def core_callbacks(precision: str, device) -> list:
     return [DeviceCB(device), MetricsCB()] + ([MixedPrecisionCB(precision)] if precision != "fp32" else [])
 
 
+GATE_BOXES = 600  # The gate is chosen on about this many boxes at least: a few validation images get more noise draws
+GATE_DRAWS = 3  # at most this many
+
+
+def gate_draws(records: list) -> int:
+    "How many noise draws of `records` the gate is chosen on: enough for `GATE_BOXES` boxes, at most `GATE_DRAWS`."
+    return max(1, min(GATE_DRAWS, math.ceil(GATE_BOXES / max(1, sum(len(r.boxes) for r in records)))))
+
+
 def choose_min_gain(net, records: list, config: Config, features, device, precision: str) -> dict:
     "The gate's margin and curve, chosen on `records` with every kind of box error; and what the gate does there."
-    collect = GainCB()
-    loader = make_loader(records, config.data.gate_noise_config(), config.data, False, features)
-    RefinerLearner(net, None, loader, config, core_callbacks(precision, device) + [collect]).fit(1, train=False)
-    return {**gate_summary(collect.table, best_min_gain(*collect.table[:, :3].T)), "curve": set_margins(collect.table)}
+    collect, noise, tables = GainCB(), config.data.gate_noise_config(), []
+    for draw in range(gate_draws(records)):
+        loader = make_loader(records, replace(noise, seed=noise.seed + 1000 * draw), config.data, False, features)
+        RefinerLearner(net, None, loader, config, core_callbacks(precision, device) + [collect]).fit(1, train=False)
+        tables.append(collect.table)
+    table = torch.cat(tables)
+    summary = gate_summary(table, best_min_gain(*table[:, :3].T))
+    return {**summary, "draws": len(tables), "curve": set_margins(table)}
 
 
 def record_gate(checkpoint, gate: dict) -> None:
