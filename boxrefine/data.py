@@ -550,12 +550,12 @@ class NoiseConfig:
         )
         return torch.from_numpy(rng.uniform(self.r_min, self.r, n))
 
-    def noisy(
+    def draw(
         self,
         record: ImageBoxes,  # An image and its true boxes
         epoch: int = 0,  # The epoch: a new one gives new noise
-    ) -> Tensor:  # (N, 4) float32 noisy xyxy boxes
-        "The noisy boxes of one image at one epoch."
+    ) -> tuple:  # (N, 4) float32 noisy xyxy boxes, each one's kind (index into `ERROR_KINDS`) and noise level
+        "The noisy boxes of one image at one epoch, with the kind of error and the level each was drawn with."
         draws, levels = noise_draws(len(record.boxes), self.seed, record.id, epoch), self.levels(record, epoch)
         kinds, out = self.kinds(record, epoch), record.boxes.clone()
         for k in np.unique(kinds):
@@ -563,7 +563,11 @@ class NoiseConfig:
             out[sel] = error_boxes(
                 record.boxes[sel], ERROR_KINDS[k], draws[sel], levels[sel], record.image_hw, self.min_size
             )
-        return out
+        return out, kinds, levels
+
+    def noisy(self, record: ImageBoxes, epoch: int = 0) -> Tensor:
+        "The noisy boxes of one image at one epoch (`draw` without the kinds and levels)."
+        return self.draw(record, epoch)[0]
 
 # %% ../nbs/04_data.ipynb #1cadedd8
 class NoisyBoxDataset(Dataset):
@@ -590,16 +594,17 @@ class NoisyBoxDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         rec = self.records[i]
         epoch = self.epoch if self.train else 0
+        noisy, kinds, levels = self.noise.draw(rec, epoch)
         item = {
             "image_id": rec.id,
             "path": rec.path,
             "image_hw": rec.image_hw,
             "epoch": epoch,
             "boxes": rec.boxes,
-            "noisy": self.noise.noisy(rec, epoch),
+            "noisy": noisy,
             "category_ids": rec.category_ids,
-            "error_kinds": torch.from_numpy(self.noise.kinds(rec, epoch)),  # each noisy box's index in `ERROR_KINDS`
-            "error_levels": self.noise.levels(rec, epoch).float(),  # and its noise level
+            "error_kinds": torch.from_numpy(kinds),  # each noisy box's index in `ERROR_KINDS`
+            "error_levels": levels.float(),  # and its noise level
         }
         if self.features is not None:
             item["features"] = self.features(rec)
