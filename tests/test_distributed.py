@@ -32,16 +32,16 @@ def torchrun(*args, nproc=2):
 
 def test_two_processes_train_fill_the_cache_once_and_match_one_process(tmp_path):
     out, cache_dir = tmp_path / "run", tmp_path / "cache"
-    done = torchrun("train", *SAMPLE, "--out", str(out), "--epochs", "2", "--max-images", "4", "--cache-dir",
+    done = torchrun("train", *SAMPLE, "--out", str(out), "--epochs", "2", "--max-images", "2", "--cache-dir",
                     str(cache_dir), "--set", "model.sam=embedding", "--set", "data.batch_size=2")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("training on 4 images") == 1 and "in 2 processes" in done.stdout  # only rank 0 speaks
+    assert done.stdout.count("training on 2 images") == 1 and "in 2 processes" in done.stdout  # only rank 0 speaks
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]  # one log, written once
-    train, val = (recs[:4] for recs in split_records(load_sample(verbose=False).records, load_config().data))
+    train, val = (recs[:2] for recs in split_records(load_sample(verbose=False).records, load_config().data))
     assert rows[-1]["val_boxes"] == sum(len(r.boxes) for r in val)  # every validation box counted once
     entries = list(cache_dir.rglob("*.safetensors"))
-    assert len(entries) == 8 and not [
+    assert len(entries) == 4 and not [
         p for p in cache_dir.rglob("*") if p.name.startswith(".tmp")
     ]  # each image once, no leftovers
     with warnings.catch_warnings():
@@ -55,11 +55,11 @@ def test_two_processes_train_fill_the_cache_once_and_match_one_process(tmp_path)
 
 
 def test_cache_command_under_torchrun_shards_the_work(tmp_path):
-    done = torchrun("cache", *SAMPLE, "--max-images", "4", "--cache-dir", str(tmp_path), "--json")
+    done = torchrun("cache", *SAMPLE, "--max-images", "2", "--cache-dir", str(tmp_path), "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     stats = json.loads(done.stdout.strip().splitlines()[-1])
-    assert (stats["misses"], stats["hits"], stats["n_images"]) == (4, 0, 4)  # 2 + 2, added up over the processes
-    assert len(list(tmp_path.rglob("*.safetensors"))) == 4
+    assert (stats["misses"], stats["hits"], stats["n_images"]) == (2, 0, 2)  # 1 + 1, added up over the processes
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 2
 
 
 def test_an_error_on_one_process_stops_all_promptly_and_is_shown_once(tmp_path):
