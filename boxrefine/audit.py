@@ -22,7 +22,8 @@ from torch import Tensor
 
 from .boxes import box_iou, convert_boxes, elementwise_iou, stable_int
 from .config import load_config
-from .data import DROP_REASONS, annotation_key
+from .data import DROP_REASONS, annotation_key, flip_boxes
+from .encoder import load_rgb
 from .formats import Dataset, read_dataset
 from .inference import refine_records, refined_coco, refiner_at, refiner_cache, refuse_inside_input
 from .machine import cpu_description
@@ -30,11 +31,11 @@ from .run import CONFIG, DATA, atomic_write
 from .train import NotEnoughData, RunMismatch, data_record, split_records, train_refiner
 
 # %% auto #0
-__all__ = ['AUDIT_FOLDS', 'AUDIT_SETTINGS', 'AUDIT_PASSES', 'DUPLICATE_IOU', 'MIN_JUDGED_SIDE', 'UNJUDGED_DROPS', 'AUDIT_FILES',
-           'AUDIT_FIELDS', 'CSV_COLUMNS', 'AUDIT_REPORT_TOP', 'image_folds', 'fold_refiner', 'suspicion',
-           'size_outliers', 'Judgement', 'judge_boxes', 'near_duplicates', 'Audit', 'ranked_rows', 'audit_records',
-           'audit_csv', 'audit_coco', 'box_thumbnail', 'audit_html', 'write_audit', 'check_audit_folder',
-           'dropped_rows', 'run_training_images', 'audit_dataset']
+__all__ = ['AUDIT_FOLDS', 'AUDIT_SETTINGS', 'EDGE_MOVE_WEIGHT', 'AUDIT_PASSES', 'DUPLICATE_IOU', 'MIN_JUDGED_SIDE',
+           'UNJUDGED_DROPS', 'AUDIT_FILES', 'AUDIT_FIELDS', 'CSV_COLUMNS', 'AUDIT_REPORT_TOP', 'image_folds',
+           'fold_refiner', 'suspicion', 'size_outliers', 'Judgement', 'mirrored_answers', 'judge_boxes',
+           'near_duplicates', 'Audit', 'ranked_rows', 'audit_records', 'audit_csv', 'audit_coco', 'box_thumbnail',
+           'audit_html', 'write_audit', 'check_audit_folder', 'dropped_rows', 'run_training_images', 'audit_dataset']
 
 # %% ../nbs/10_audit.ipynb #10185d26023b46108eb7d9f57d49d2b3
 AUDIT_FOLDS = 3  # Folds by image: each box is judged by a refiner that trained on the other folds
@@ -72,13 +73,19 @@ def fold_refiner(
     return train_refiner(config, train, val, cache=cache, progress=progress).refiner
 
 # %% ../nbs/10_audit.ipynb #938c804e27f84196a10c8828c723f798
+EDGE_MOVE_WEIGHT = 0.5  # Weight in the suspicion of the largest move of one edge, in box widths or heights
+
+
 def suspicion(
-    estimated_iou: Tensor,  # (N,) the judge's estimated IoU of each given box
+    estimated_iou: Tensor,  # (N,) the judge's estimated IoU of each given box, averaged over the views
     given: Tensor,  # (N, 4) xyxy given boxes
-    answer: Tensor,  # (N, 4) xyxy the refiner's answer for each
+    answers: Tensor,  # (V, N, 4) xyxy the refiner's first answer for each, in each of V views of the image
 ) -> Tensor:  # (N,) in [0, 1]: higher is more suspicious
-    "How suspicious each given box is: the mean of 1 - its estimated IoU and 1 - its IoU with the answer."
-    return 1 - (estimated_iou + elementwise_iou(given, answer)) / 2
+    "1 - the mean of a box's estimated IoU and IoU with the answers, plus its largest edge move (weighted, scaled)."
+    agreement = torch.stack([elementwise_iou(given, a) for a in answers]).mean(0)
+    size = (given[:, 2:] - given[:, :2]).clamp(min=1).repeat(1, 2)
+    edge_move = ((answers - given).abs().mean(0) / size).amax(1).clamp(max=1)
+    return (1 - (estimated_iou + agreement) / 2 + EDGE_MOVE_WEIGHT * edge_move) / (1 + EDGE_MOVE_WEIGHT)
 
 
 def size_outliers(
@@ -96,27 +103,44 @@ def size_outliers(
     return z
 
 # %% ../nbs/10_audit.ipynb #b43b363d81ae4b689946ece5c682cd59
-AUDIT_PASSES = 2  # Refinement passes of a proposal: each refines the previous answer
+AUDIT_PASSES = 3  # Refinement passes of a proposal: each refines the previous answer
 
 
 class Judgement(NamedTuple):
     "What a refiner says about the given boxes of one image."
 
-    estimated_iou: Tensor  # (N,) predicted IoU of each given box with its object
+    estimated_iou: Tensor  # (N,) predicted IoU of each given box with its object, mean of the image and its mirror
     suspicion: Tensor  # (N,) how suspicious each given box is (`suspicion`)
     proposed: Tensor  # (N, 4) xyxy: of the given box and each pass's answer, the one rated best
     proposed_iou: Tensor  # (N,) its predicted IoU
 
 
-def _judgement(given: Tensor, answers: tuple) -> Judgement:
-    "One image's judgement from its given boxes and each pass's `Refinement`."
+def mirrored_answers(
+    refiner,  # A `BoxRefiner`
+    records: list,  # `ImageBoxes`: the images
+    boxes: list,  # Per record, the (N_i, 4) xyxy given boxes
+    cache=None,  # The refiner's `FeatureCache`, when it reads SAM features
+) -> list:  # One `Refinement` per record, its boxes in the image's own frame
+    "The refiner's first answer for each record's boxes in the image mirrored left to right, mirrored back."
+    out = []
+    for record, given in zip(records, boxes):
+        rgb = load_rgb(record.path)
+        width = rgb.shape[1]
+        seen = refiner.refine_boxes(rgb[:, ::-1].copy(), flip_boxes(given, width, 0), cache, float("-inf"))
+        out.append(seen._replace(**{k: flip_boxes(getattr(seen, k), width, 0) for k in ("boxes", "proposed", "given")}))
+    return out
+
+
+def _judgement(given: Tensor, answers: tuple, mirrored) -> Judgement:
+    "One image's judgement from its given boxes, each pass's `Refinement` and the mirror's first one."
     first = answers[0]
     candidates = torch.stack([given, *(a.proposed for a in answers)])
     ratings = torch.stack([first.input_quality, *(a.proposed_quality for a in answers)])  # each candidate's own
     best = ratings.argmax(0)
+    estimate = (first.input_quality + mirrored.input_quality) / 2
     return Judgement(
-        first.input_quality,
-        suspicion(first.input_quality, given, first.proposed),
+        estimate,
+        suspicion(estimate, given, torch.stack([first.proposed, mirrored.proposed])),
         candidates[best, torch.arange(len(given))],
         ratings.max(0).values,
     )
@@ -134,7 +158,8 @@ def judge_boxes(
     answers = [refine_records(refiner, records, boxes, cache, progress)]
     for _ in range(passes - 1):
         answers.append(refine_records(refiner, records, [a.proposed for a in answers[-1]], cache, False))
-    return [_judgement(given, steps) for given, steps in zip(boxes, zip(*answers))]
+    mirrored = mirrored_answers(refiner, records, boxes, cache)
+    return [_judgement(given, steps, m) for given, steps, m in zip(boxes, zip(*answers), mirrored)]
 
 # %% ../nbs/10_audit.ipynb #8309879909854d7188b41380fd92a7c3
 DUPLICATE_IOU = 0.8  # Two boxes of one class on one image overlapping at least this much: a near duplicate
@@ -355,8 +380,9 @@ vertical-align:top;font-size:12px}}img{{width:200px}}table{{border-collapse:coll
 td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head><body>
 <h1>boxrefine audit</h1><ul>{about}</ul>
 <h2 id="suspicious">The {min(top, len(audit.judged))} most suspicious of {len(audit.judged)} judged boxes</h2>
-<p>Red, dashed: the given box. Yellow: the proposed box. Suspicion is the mean of 1 - the given box's estimated IoU
-and 1 - its IoU with the refiner's first answer.</p>{cards}
+<p>Red, dashed: the given box. Yellow: the proposed box. Suspicion: 1 - the mean of the given box's estimated IoU
+and its IoU with the refiner's first answer, plus half the largest move of one edge, in box sides (on the image and
+its mirror).</p>{cards}
 <h2 id="duplicates">Near duplicates ({len(duplicates)})</h2>
 {_table(duplicates, columns | {"repeats annotation": lambda r: r["duplicate_of"]})}
 <h2 id="unjudged">Not judged ({len(unjudged)})</h2>
