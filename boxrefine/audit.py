@@ -39,7 +39,7 @@ __all__ = ['AUDIT_FOLDS', 'AUDIT_SETTINGS', 'EDGE_MOVE_WEIGHT', 'AUDIT_PASSES', 
 
 # %% ../nbs/10_audit.ipynb #10185d26023b46108eb7d9f57d49d2b3
 AUDIT_FOLDS = 3  # Folds by image: each box is judged by a refiner that trained on the other folds
-AUDIT_SETTINGS = ("training.epochs=20",)  # Config overrides of each fold's fine-tuning (its defaults otherwise)
+AUDIT_SETTINGS = ("training.epochs=16",)  # Config overrides of each fold's fine-tuning (its defaults otherwise)
 
 
 def image_folds(
