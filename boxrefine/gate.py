@@ -9,14 +9,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .boxes import ERROR_KINDS, elementwise_iou
+from .boxes import ERROR_KINDS, box_area, elementwise_iou
 from .distributed import gather_over_ranks
 from .learner import Callback
 
 # %% auto #0
-__all__ = ['GATE_MARGINS', 'SET_BANDS', 'SET_SIZE', 'SET_GROUP_BOXES', 'SET_PRIOR_BOXES', 'GainCB', 'good_boxes_harmed',
-           'best_min_gain', 'gate_summary', 'gate_line', 'monotone_fit', 'error_groups', 'set_margins', 'set_min_gain',
-           'curve_line']
+__all__ = ['GATE_MARGINS', 'SET_BANDS', 'SET_SIZE', 'SET_GROUP_BOXES', 'SET_PRIOR_BOXES', 'SET_RESIZING', 'GainCB',
+           'good_boxes_harmed', 'best_min_gain', 'gate_summary', 'gate_line', 'monotone_fit', 'error_groups',
+           'set_margins', 'shrunk_median', 'area_change', 'set_min_gain', 'curve_line']
 
 # %% ../nbs/06_gate.ipynb #cef210bd
 GATE_MARGINS = tuple(round(float(m), 2) for m in np.arange(-0.10, 0.205, 0.01))
@@ -96,6 +96,7 @@ SET_BANDS = 5  # Bands of noise level (quantiles) each kind of error is dealt in
 SET_SIZE = 400  # Boxes in each validation set the curve is fitted on (drawn with replacement)
 SET_GROUP_BOXES = 20  # Fewest validation boxes in a band of one kind of error
 SET_PRIOR_BOXES = 20  # A set's median predicted gain is shrunk toward the validation mix's by this many boxes
+SET_RESIZING = 0.05  # A set whose median box the refiner resizes by this much (log of the area ratio) is off in size
 
 
 def monotone_fit(x: Tensor, y: Tensor) -> tuple:
@@ -143,11 +144,29 @@ def set_margins(
     return {"gain": [-x for x in xs[::-1]], "min_gain": ys[::-1], "mix_gain": table[:, 2].median().item()}
 
 
-def set_min_gain(curve: dict, gain: Tensor, prior_boxes: int = SET_PRIOR_BOXES) -> float:
-    "The margin for a set of boxes refined together: the curve at their median predicted gain (shrunk)."
-    median = gain.median().item() if len(gain) else 0.0
-    shrunk = (len(gain) * median + prior_boxes * curve["mix_gain"]) / (len(gain) + prior_boxes)
-    return round(float(np.interp(shrunk, curve["gain"], curve["min_gain"])), 3)
+def shrunk_median(values: Tensor, toward: float, prior_boxes: int = SET_PRIOR_BOXES) -> float:
+    "The median of a set's `values`, shrunk toward `toward` as if `prior_boxes` more boxes had that value."
+    median = values.median().item() if len(values) else 0.0
+    return (len(values) * median + prior_boxes * toward) / (len(values) + prior_boxes)
+
+
+def area_change(proposed: Tensor, start: Tensor) -> Tensor:
+    "(N,) the log of each proposed box's area over its start box's: how far the refiner resizes it."
+    return (box_area(proposed).clamp(min=1e-6) / box_area(start).clamp(min=1e-6)).log()
+
+
+def set_min_gain(
+    curve: dict,  # The gate's curve (`set_margins`)
+    gain: Tensor,  # (N,) predicted gain of each box of the set
+    prior_boxes: int = SET_PRIOR_BOXES,  # Boxes of shrinkage toward the validation mix
+    resizing: Tensor | None = None,  # (N,) `area_change` of each box, when known
+) -> float:  # The set's margin
+    "The curve at a set's median predicted gain (shrunk); its noisy end for a set the refiner resizes as a whole."
+    if resizing is not None and abs(shrunk_median(resizing, 0.0, prior_boxes)) >= SET_RESIZING:
+        return round(float(curve["min_gain"][-1]), 3)
+    return round(
+        float(np.interp(shrunk_median(gain, curve["mix_gain"], prior_boxes), curve["gain"], curve["min_gain"])), 3
+    )
 
 
 def curve_line(curve: dict) -> str:

@@ -22,7 +22,7 @@ from torchvision.ops import roi_align
 
 from .boxes import check_boxes, clip_boxes, elementwise_iou
 from .encoder import Encoder, EncoderConfig, ImageTransform, load_rgb
-from .gate import set_min_gain
+from .gate import area_change, set_min_gain
 from .loss import LossConfig, box_loss
 from .run import NotARefinerCheckpoint, checkpoint_file, read_checkpoint
 
@@ -517,11 +517,16 @@ def regate(refinement: Refinement, min_gain: float) -> Refinement:
 
 
 @patch
-def margin_for(self: BoxRefiner, gain: Tensor, min_gain: float | None = None) -> float:
+def margin_for(
+    self: BoxRefiner,
+    gain: Tensor,  # (N,) predicted gain of each box of the set
+    min_gain: float | None = None,  # A fixed margin, which then wins
+    resizing: Tensor | None = None,  # (N,) `area_change` of each box from its input to its proposal
+) -> float:
     "The margin for a set of boxes refined together: `min_gain` if given, else the gate curve's for their gains."
     if min_gain is not None:
         return min_gain
-    return self.min_gain if self.gate_curve is None else set_min_gain(self.gate_curve, gain)
+    return self.min_gain if self.gate_curve is None else set_min_gain(self.gate_curve, gain, resizing=resizing)
 
 
 @patch
@@ -561,7 +566,7 @@ def refine_boxes(
     }
     out = self.net(batch)
     quality, input_quality = torch.sigmoid(out["quality"]), torch.sigmoid(out["input_quality"])
-    margin = self.margin_for(quality - input_quality, min_gain)
+    margin = self.margin_for(quality - input_quality, min_gain, area_change(out["boxes"][-1], start))
     return gate_boxes(start, out["boxes"][-1], quality, input_quality, margin)
 
 
