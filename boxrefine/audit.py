@@ -103,7 +103,7 @@ def size_outliers(
     return z
 
 # %% ../nbs/10_audit.ipynb #b43b363d81ae4b689946ece5c682cd59
-AUDIT_PASSES = 3  # Refinement passes of a proposal: each refines the previous answer
+AUDIT_PASSES = 2  # Refinement passes of a proposal: each refines the previous answer
 
 
 class Judgement(NamedTuple):
@@ -112,7 +112,7 @@ class Judgement(NamedTuple):
     estimated_iou: Tensor  # (N,) predicted IoU of each given box with its object, mean of the image and its mirror
     suspicion: Tensor  # (N,) how suspicious each given box is (`suspicion`)
     proposed: Tensor  # (N, 4) xyxy: of the given box and each pass's answer, the one rated best
-    proposed_iou: Tensor  # (N,) its predicted IoU
+    proposed_iou: Tensor  # (N,) its predicted IoU, on the image (the mirror steadies the suspicion only)
 
 
 def mirrored_answers(
@@ -140,7 +140,7 @@ def _judgement(given: Tensor, answers: tuple, mirrored) -> Judgement:
     estimate = (first.input_quality + mirrored.input_quality) / 2
     return Judgement(
         estimate,
-        suspicion(estimate, given, torch.stack([first.proposed, mirrored.proposed])),
+        suspicion(estimate, first.given, torch.stack([first.proposed, mirrored.proposed])),
         candidates[best, torch.arange(len(given))],
         ratings.max(0).values,
     )
@@ -381,8 +381,8 @@ td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head><body>
 <h1>boxrefine audit</h1><ul>{about}</ul>
 <h2 id="suspicious">The {min(top, len(audit.judged))} most suspicious of {len(audit.judged)} judged boxes</h2>
 <p>Red, dashed: the given box. Yellow: the proposed box. Suspicion: 1 - the mean of the given box's estimated IoU
-and its IoU with the refiner's first answer, plus half the largest move of one edge, in box sides (on the image and
-its mirror).</p>{cards}
+and its IoU with the refiner's first answer, plus half the largest move of one edge, in box sides, divided by 1.5 to lie
+in [0, 1] (read on the image and its mirror).</p>{cards}
 <h2 id="duplicates">Near duplicates ({len(duplicates)})</h2>
 {_table(duplicates, columns | {"repeats annotation": lambda r: r["duplicate_of"]})}
 <h2 id="unjudged">Not judged ({len(unjudged)})</h2>

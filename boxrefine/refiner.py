@@ -523,7 +523,7 @@ def margin_for(
     min_gain: float | None = None,  # A fixed margin, which then wins
     resizing: Tensor | None = None,  # (N,) `area_change` of each box from its input to its proposal
 ) -> float:
-    "The margin for a set of boxes refined together: `min_gain` if given, else the gate curve's for their gains."
+    "The margin for a set of boxes refined together: `min_gain` if given, else the curve's for their gain and resizing."
     if min_gain is not None:
         return min_gain
     return self.min_gain if self.gate_curve is None else set_min_gain(self.gate_curve, gain, resizing=resizing)
@@ -566,7 +566,8 @@ def refine_boxes(
     }
     out = self.net(batch)
     quality, input_quality = torch.sigmoid(out["quality"]), torch.sigmoid(out["input_quality"])
-    margin = self.margin_for(quality - input_quality, min_gain, area_change(out["boxes"][-1], start))
+    resizing = area_change(out["boxes"][-1], start) if min_gain is None else None  # read only by the gate's curve
+    margin = self.margin_for(quality - input_quality, min_gain, resizing)
     return gate_boxes(start, out["boxes"][-1], quality, input_quality, margin)
 
 
