@@ -55,8 +55,10 @@ def refine_records(
     shown = progress_bar(records, leave=False) if progress and live_progress() else records
     out = [refiner.refine_boxes(r.path, b, cache, float("-inf")) for r, b in zip(shown, boxes)]
     gains = torch.cat([o.proposed_quality - o.input_quality for o in out] or [torch.zeros(0)])
-    resizing = torch.cat([area_change(o.proposed, o.given) for o in out] or [torch.zeros(0)])
-    margin = refiner.margin_for(gains, min_gain, resizing)
+    resizing = (
+        torch.cat([area_change(o.proposed, o.given) for o in out] or [torch.zeros(0)]) if min_gain is None else None
+    )
+    margin = refiner.margin_for(gains, min_gain, resizing)  # the resizing is read only by the gate's curve
     return [regate(o, margin) for o in out]
 
 
