@@ -27,11 +27,11 @@ from .loss import LossConfig, box_loss
 from .run import NotARefinerCheckpoint, checkpoint_file, read_checkpoint
 
 # %% auto #0
-__all__ = ['SAM_INPUTS', 'HEADS', 'PIXEL_MEAN', 'PIXEL_STD', 'EDGE_PRIOR', 'REQUIRED_STATE', 'RefinerConfig', 'context_boxes',
-           'apply_deltas', 'CropEncoder', 'image_planes', 'image_crops', 'FeatureRoI', 'feature_windows',
-           'box_geometry', 'EdgeLocator', 'edge_position_loss', 'NonFiniteOutput', 'BoxRefinerNet', 'RefinerLoss',
-           'refiner_loss', 'EncoderMismatch', 'read_safetensors_refiner', 'read_refiner_checkpoint', 'BoxRefiner',
-           'image_inputs', 'Refinement', 'gate_boxes', 'regate']
+__all__ = ['SAM_INPUTS', 'HEADS', 'EDGE_DEADBAND', 'PIXEL_MEAN', 'PIXEL_STD', 'EDGE_PRIOR', 'REQUIRED_STATE', 'RefinerConfig',
+           'context_boxes', 'apply_deltas', 'settle_edges', 'CropEncoder', 'image_planes', 'image_crops', 'FeatureRoI',
+           'feature_windows', 'box_geometry', 'EdgeLocator', 'edge_position_loss', 'NonFiniteOutput', 'BoxRefinerNet',
+           'RefinerLoss', 'refiner_loss', 'EncoderMismatch', 'read_safetensors_refiner', 'read_refiner_checkpoint',
+           'BoxRefiner', 'image_inputs', 'Refinement', 'gate_boxes', 'regate']
 
 # %% ../nbs/05_refiner.ipynb #53994633
 SAM_INPUTS = ("off", "embedding", "embedding+interm", "auto")
@@ -97,6 +97,17 @@ def apply_deltas(boxes: Tensor, deltas: Tensor, image_hw: Tensor, min_size: floa
     lo, hi = torch.minimum(moved[:, :2], moved[:, 2:]), torch.maximum(moved[:, :2], moved[:, 2:])
     lo = torch.minimum(lo.clamp(min=0), size - min_size)
     return torch.cat([lo, torch.minimum(torch.maximum(hi, lo + min_size), size)], 1)
+
+
+EDGE_DEADBAND = 0.02  # At inference, an edge moved less than this share of its box's side stays where it was given
+
+
+def settle_edges(start: Tensor, boxes: Tensor, deadband: float = EDGE_DEADBAND, min_size: float = 1.0) -> Tensor:
+    "`boxes` with each edge that moved less than `deadband` of `start`'s width or height put back where `start` has it."
+    wh = (start[:, 2:] - start[:, :2]).clamp(min=min_size).repeat(1, 2)
+    settled = torch.where((boxes - start).abs() < deadband * wh, start.to(boxes.dtype), boxes)
+    valid = (settled[:, 2:] - settled[:, :2] >= min_size).all(1, keepdim=True)  # never narrower than `min_size`
+    return torch.where(valid, settled, boxes)
 
 # %% ../nbs/05_refiner.ipynb #afa3c54e
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -291,6 +302,8 @@ class BoxRefinerNet(nn.Module):
             if not torch.isfinite(boxes).all():
                 raise NonFiniteOutput(f"non-finite prediction in refinement pass {len(passes) + 1}")
             passes.append(boxes)
+        if not self.training:  # at inference, edges moved less than the deadband stay where they were given
+            passes[-1] = boxes = settle_edges(batch["noisy"], boxes)
         judged = self.trunk(self.features(batch, boxes.detach(), planes))  # the judge on the answer's own window
         out = {"boxes": passes, "quality": self.quality(judged).float()[:, 0], "input_quality": input_quality}
         return {**out, "edge_logits": edge_logits} if edge_logits else out
