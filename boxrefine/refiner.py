@@ -104,6 +104,7 @@ EDGE_DEADBAND = 0.02  # At inference, an edge moved less than this share of its 
 
 def settle_edges(start: Tensor, boxes: Tensor, deadband: float = EDGE_DEADBAND, min_size: float = 1.0) -> Tensor:
     "`boxes` with each edge that moved less than `deadband` of `start`'s width or height put back where `start` has it."
+    # `start` lies in the image (every caller clips it), so a settled edge does too
     wh = (start[:, 2:] - start[:, :2]).clamp(min=min_size).repeat(1, 2)
     settled = torch.where((boxes - start).abs() < deadband * wh, start.to(boxes.dtype), boxes)
     valid = (settled[:, 2:] - settled[:, :2] >= min_size).all(1, keepdim=True)  # never narrower than `min_size`
