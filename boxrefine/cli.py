@@ -310,8 +310,9 @@ def train_command(args):
     if rank > 0:
         return learn
     print(
-        f"best validation mean IoU {learn.best['val_mean_iou']:.4f} at epoch {learn.best['epoch'] + 1} "
-        f"(noisy input {learn.history[-1]['noisy_mean_iou']:.4f})"
+        f"best validation mean IoU {learn.best['val_mean_iou']:.4f} "
+        + (f"at epoch {learn.best['epoch'] + 1} " if learn.best["epoch"] >= 0 else "with the starting weights ")
+        + f"(noisy input {learn.history[-1]['noisy_mean_iou']:.4f})"
     )
     print(f"run: {args.out} (best.pt, last.pt, metrics.jsonl, config.yaml, curves.png)")
     return learn

@@ -74,8 +74,8 @@ from boxrefine.run import (
 __all__ = ['VAL_SPLITS', 'GATE_BOXES', 'GATE_DRAWS', 'RefinerLearner', 'choose_training_precision', 'MetricsCB', 'plot_curves',
            'epoch_line', 'LogCB', 'checkpoint_state', 'load_checkpoint', 'CheckpointCB', 'BestWeightsCB',
            'record_inputs', 'make_loader', 'split_records', 'core_callbacks', 'gate_draws', 'choose_min_gain',
-           'record_gate', 'build_callbacks', 'NotEnoughData', 'train_refiner', 'validate_checkpoint', 'RunMismatch',
-           'data_record', 'check_resume']
+           'record_gate', 'build_callbacks', 'NotEnoughData', 'starting_best', 'train_refiner', 'validate_checkpoint',
+           'RunMismatch', 'data_record', 'check_resume']
 
 # %% ../nbs/06_train.ipynb #1efdd65d
 class RefinerLearner(Learner):
@@ -299,6 +299,10 @@ class CheckpointCB(Callback):
     def __init__(self, run_dir, extra_state: dict, config: Config):
         self.run_dir, self.extra_state, self.config = Path(run_dir), extra_state, config
 
+    def before_fit(self, learn):
+        if learn.best is not None and learn.best["epoch"] < 0 and not learn.history:  # fine-tuning: the start is best
+            save_checkpoint(checkpoint_state(learn, self.extra_state, self.config), self.run_dir / BEST)
+
     def after_epoch(self, learn):
         if learn.training or not learn.history:
             return
@@ -318,8 +322,12 @@ class BestWeightsCB(Callback):
 
     def before_fit(self, learn):
         self.state = None
-        if learn.best is not None and self.run_dir is not None:  # resumed: the best epoch so far is in best.pt
+        if learn.best is None:
+            return
+        if learn.history:  # resumed: the best so far is in best.pt
             self.state = read_refiner_checkpoint(Path(self.run_dir) / BEST)["model"]
+        else:  # fine-tuning's start (epoch -1): the weights as they are, on every process
+            self.state = {k: v.detach().clone() for k, v in unwrap(learn.model).state_dict().items()}
 
     def after_epoch(self, learn):
         if learn.training or learn.best is None or learn.best["epoch"] != learn.epoch:
@@ -438,8 +446,8 @@ def _usable(train_records: list, val_records: list) -> tuple:
     return train_records, val_records
 
 
-def _starting_net(config: Config, interm: int, announce: bool) -> BoxRefinerNet:
-    "The network of a new run: seeded random weights, then the starting point `training.init` asks for."
+def _starting_net(config: Config, interm: int, announce: bool) -> tuple:
+    "A new run's network (seeded random weights, then the start `training.init` asks for); whether a refiner's."
     torch.manual_seed(config.training.seed)
     net = BoxRefinerNet(config.model, interm)
     start, line = initial_refiner(config.training.init, net)
@@ -447,7 +455,14 @@ def _starting_net(config: Config, interm: int, announce: bool) -> BoxRefinerNet:
         net.load_state_dict(start.net.state_dict())
     if announce:
         print(line)
-    return net
+    return net, start is not None
+
+
+def starting_best(net, valid_dl, config: Config, device, precision: str) -> dict:
+    "The starting weights' validation mean IoU, measured as each epoch's validation measures it, as epoch -1's best."
+    learn = RefinerLearner(net, None, valid_dl, config, core_callbacks(precision, device))
+    learn.fit(1, train=False)
+    return {"epoch": -1, "val_mean_iou": learn.history[-1]["val_mean_iou"]}
 
 
 def _write_run_settings(run_dir, config: Config, data_record: dict | None, resume: bool) -> None:
@@ -482,7 +497,7 @@ def train_refiner(
     use_sam = config.model.sam != "off"
     if use_sam and cache is None:
         raise ValueError(f"model.sam={config.model.sam!r} reads SAM features: pass a FeatureCache")
-    net = _starting_net(
+    net, fine_tuning = _starting_net(
         config, cache.encoder.interm_channels if cache is not None else 160, announce=rank == 0 and not resume
     )
     refiner = BoxRefiner(
@@ -514,7 +529,11 @@ def train_refiner(
     ) + list(cbs)
     if resume:
         load_checkpoint(learn, run_dir / LAST)
+    elif fine_tuning:  # from a refiner's weights: an epoch must beat them to replace them
+        learn.best = starting_best(net, learn.valid_dl, config, device, choice.precision)
     learn.fit(config.training.epochs)
+    if learn.best["epoch"] < 0 and rank == 0:
+        print(f"kept the starting weights: no epoch beat their validation mean IoU ({learn.best['val_mean_iou']:.3f})")
     net.eval()
     learn.gate = choose_min_gain(net, val_records, config, features, device, choice.precision)
     refiner.min_gain, refiner.gate_curve = learn.gate["min_gain"], learn.gate["curve"]
