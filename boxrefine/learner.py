@@ -338,7 +338,8 @@ class EarlyStoppingCB(Callback):
         if learn.training or getattr(learn, "best", None) is None:
             return
         if learn.epoch - learn.best["epoch"] >= self.patience:
-            print(f"early stop: no better validation epoch since epoch {learn.best['epoch'] + 1}")
+            since = f"epoch {learn.best['epoch'] + 1}" if learn.best["epoch"] >= 0 else "the starting weights"
+            print(f"early stop: no better validation epoch since {since}")
             raise CancelFitException()
 
 

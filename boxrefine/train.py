@@ -272,6 +272,7 @@ def checkpoint_state(learn, extra_state: dict, config: Config) -> dict:
         "skipped_steps": learn.skipped_steps,
         "history": learn.history,
         "best": learn.best,
+        "precision": getattr(learn, "precision", None),  # what the run trains in (history is empty before epoch 1)
         "config": config_dict(config),
         "extra_state": extra_state,
     }
@@ -324,7 +325,7 @@ class BestWeightsCB(Callback):
         self.state = None
         if learn.best is None:
             return
-        if learn.history:  # resumed: the best so far is in best.pt
+        if learn.history and self.run_dir is not None:  # resumed: the best so far is in best.pt
             self.state = read_refiner_checkpoint(Path(self.run_dir) / BEST)["model"]
         else:  # fine-tuning's start (epoch -1): the weights as they are, on every process
             self.state = {k: v.detach().clone() for k, v in unwrap(learn.model).state_dict().items()}
@@ -546,7 +547,7 @@ def train_refiner(
 # %% ../nbs/06_train.ipynb #980e9a94
 def _run_precision(ckpt: dict, device) -> str:
     "The precision the checkpoint's run trained in (older runs did not record it: decided afresh)."
-    recorded = ckpt["history"][-1].get("precision") if ckpt["history"] else None
+    recorded = ckpt.get("precision") or (ckpt["history"][-1].get("precision") if ckpt["history"] else None)
     return recorded or choose_precision(ckpt["config"]["training"]["precision"], device).precision
 
 
