@@ -20,7 +20,7 @@ from .distributed import init_distributed, say_once, stats_over_ranks, warm_shar
 from .encoder import DTYPES, MODEL_TYPES, CheckpointError, Encoder, EncoderConfig
 from .formats import FORMATS, Dataset, detect_format, read_dataset
 from .inference import refine_dataset, refined_detections, refined_method, refiner_at, refiner_cache
-from .learner import NonFiniteLoss
+from .learner import NonFiniteLoss, best_name
 from .metrics import DETECTION_COLUMNS, change_line, format_table, metrics_table, noise_table
 from .metrics import noisy_baseline, sam_baseline
 from .prior import load_prior
@@ -310,9 +310,8 @@ def train_command(args):
     if rank > 0:
         return learn
     print(
-        f"best validation mean IoU {learn.best['val_mean_iou']:.4f} "
-        + (f"at epoch {learn.best['epoch'] + 1} " if learn.best["epoch"] >= 0 else "with the starting weights ")
-        + f"(noisy input {learn.history[-1]['noisy_mean_iou']:.4f})"
+        f"best validation mean IoU {learn.best['val_mean_iou']:.4f}, {best_name(learn.best)} "
+        f"(noisy input {learn.history[-1]['noisy_mean_iou']:.4f})"
     )
     print(f"run: {args.out} (best.pt, last.pt, metrics.jsonl, config.yaml, curves.png)")
     return learn

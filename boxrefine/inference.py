@@ -16,7 +16,6 @@ from .boxes import convert_boxes, elementwise_iou
 from .cache import FeatureCache
 from .data import NoiseConfig, annotation_key
 from .formats import SIDECAR, Dataset, FormatError, read_dataset, write_dataset
-from .gate import area_change
 from .machine import live_progress
 from .metrics import change_shares, detection_ap, evaluate_boxes, match_detections
 from .prior import load_prior, prior_path
@@ -55,10 +54,8 @@ def refine_records(
     shown = progress_bar(records, leave=False) if progress and live_progress() else records
     out = [refiner.refine_boxes(r.path, b, cache, float("-inf")) for r, b in zip(shown, boxes)]
     gains = torch.cat([o.proposed_quality - o.input_quality for o in out] or [torch.zeros(0)])
-    resizing = (
-        torch.cat([area_change(o.proposed, o.given) for o in out] or [torch.zeros(0)]) if min_gain is None else None
-    )
-    margin = refiner.margin_for(gains, min_gain, resizing)  # the resizing is read only by the gate's curve
+    proposed, given = (torch.cat([getattr(o, k) for o in out] or [torch.zeros(0, 4)]) for k in ("proposed", "given"))
+    margin = refiner.margin_for(gains, min_gain, proposed, given)
     return [regate(o, margin) for o in out]
 
 

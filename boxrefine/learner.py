@@ -20,7 +20,8 @@ from .machine import autocast_context, live_progress
 # %% auto #0
 __all__ = ['SCHEDULES', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback', 'run_cbs', 'with_cbs',
            'NonFiniteLoss', 'to_device', 'Learner', 'DeviceCB', 'MixedPrecisionCB', 'GradClipCB', 'lr_factor',
-           'SchedulerCB', 'history_line', 'ProgressCB', 'EarlyStoppingCB', 'StopAfterCB', 'LRFinderCB', 'lr_find']
+           'SchedulerCB', 'history_line', 'ProgressCB', 'best_name', 'EarlyStoppingCB', 'StopAfterCB', 'LRFinderCB',
+           'lr_find']
 
 # %% ../nbs/06_learner.ipynb #ff462c0e
 class CancelFitException(Exception):
@@ -326,6 +327,11 @@ class ProgressCB(Callback):
             self.mbar.on_iter_end()  # stopped early
 
 # %% ../nbs/06_learner.ipynb #30cc9f7c
+def best_name(best: dict) -> str:
+    "What a metrics callback's `best` is: an epoch (counted from 1), or the starting weights (epoch -1)."
+    return f"epoch {best['epoch'] + 1}" if best["epoch"] >= 0 else "the starting weights"
+
+
 class EarlyStoppingCB(Callback):
     "Stop when `learn.best` (kept by a metrics callback) has not improved for `patience` epochs."
 
@@ -338,8 +344,7 @@ class EarlyStoppingCB(Callback):
         if learn.training or getattr(learn, "best", None) is None:
             return
         if learn.epoch - learn.best["epoch"] >= self.patience:
-            since = f"epoch {learn.best['epoch'] + 1}" if learn.best["epoch"] >= 0 else "the starting weights"
-            print(f"early stop: no better validation epoch since {since}")
+            print(f"early stop: no better validation epoch since {best_name(learn.best)}")
             raise CancelFitException()
 
 

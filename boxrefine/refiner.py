@@ -535,12 +535,16 @@ def margin_for(
     self: BoxRefiner,
     gain: Tensor,  # (N,) predicted gain of each box of the set
     min_gain: float | None = None,  # A fixed margin, which then wins
-    resizing: Tensor | None = None,  # (N,) `area_change` of each box from its input to its proposal
+    proposed: Tensor | None = None,  # (N, 4) each box's proposal, whose resizing the curve reads (with `given`)
+    given: Tensor | None = None,  # (N, 4) each box's input
 ) -> float:
     "The margin for a set of boxes refined together: `min_gain` if given, else the curve's for their gain and resizing."
     if min_gain is not None:
         return min_gain
-    return self.min_gain if self.gate_curve is None else set_min_gain(self.gate_curve, gain, resizing=resizing)
+    if self.gate_curve is None:
+        return self.min_gain
+    resizing = area_change(proposed, given) if proposed is not None else None
+    return set_min_gain(self.gate_curve, gain, resizing=resizing)
 
 
 @patch
@@ -580,8 +584,7 @@ def refine_boxes(
     }
     out = self.net(batch)
     quality, input_quality = torch.sigmoid(out["quality"]), torch.sigmoid(out["input_quality"])
-    resizing = area_change(out["boxes"][-1], start) if min_gain is None else None  # read only by the gate's curve
-    margin = self.margin_for(quality - input_quality, min_gain, resizing)
+    margin = self.margin_for(quality - input_quality, min_gain, out["boxes"][-1], start)
     return gate_boxes(start, out["boxes"][-1], quality, input_quality, margin)
 
 

@@ -74,8 +74,8 @@ from boxrefine.run import (
 __all__ = ['VAL_SPLITS', 'GATE_BOXES', 'GATE_DRAWS', 'RefinerLearner', 'choose_training_precision', 'MetricsCB', 'plot_curves',
            'epoch_line', 'LogCB', 'checkpoint_state', 'load_checkpoint', 'CheckpointCB', 'BestWeightsCB',
            'record_inputs', 'make_loader', 'split_records', 'core_callbacks', 'gate_draws', 'choose_min_gain',
-           'record_gate', 'build_callbacks', 'NotEnoughData', 'starting_best', 'train_refiner', 'validate_checkpoint',
-           'RunMismatch', 'data_record', 'check_resume']
+           'record_gate', 'build_callbacks', 'NotEnoughData', 'validation_row', 'starting_best', 'train_refiner',
+           'validate_checkpoint', 'RunMismatch', 'data_record', 'check_resume']
 
 # %% ../nbs/06_train.ipynb #1efdd65d
 class RefinerLearner(Learner):
@@ -459,11 +459,16 @@ def _starting_net(config: Config, interm: int, announce: bool) -> tuple:
     return net, start is not None
 
 
-def starting_best(net, valid_dl, config: Config, device, precision: str) -> dict:
-    "The starting weights' validation mean IoU, measured as each epoch's validation measures it, as epoch -1's best."
+def validation_row(net, valid_dl, config: Config, device, precision: str) -> dict:
+    "The validation metrics of `net` as they stand, computed as each training epoch's validation computes them."
     learn = RefinerLearner(net, None, valid_dl, config, core_callbacks(precision, device))
     learn.fit(1, train=False)
-    return {"epoch": -1, "val_mean_iou": learn.history[-1]["val_mean_iou"]}
+    return learn.history[-1]
+
+
+def starting_best(net, valid_dl, config: Config, device, precision: str) -> dict:
+    "The starting weights' validation mean IoU, as epoch -1's best: an epoch of fine-tuning must beat it."
+    return {"epoch": -1, "val_mean_iou": validation_row(net, valid_dl, config, device, precision)["val_mean_iou"]}
 
 
 def _write_run_settings(run_dir, config: Config, data_record: dict | None, resume: bool) -> None:
@@ -564,9 +569,7 @@ def validate_checkpoint(
     net.load_state_dict(ckpt["model"])
     features = partial(record_inputs, cache=cache, use_sam=config.model.sam != "off")
     loader = make_loader(val_records, config.data.val_noise_config(), config.data, False, features)
-    learn = RefinerLearner(net, None, loader, config, core_callbacks(_run_precision(ckpt, device), device))
-    learn.fit(1, train=False)
-    return learn.history[-1]
+    return validation_row(net, loader, config, device, _run_precision(ckpt, device))
 
 # %% ../nbs/06_train.ipynb #9b5de200
 class RunMismatch(ValueError):
