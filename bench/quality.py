@@ -6,6 +6,7 @@
     python bench/quality.py shipped --json bench/quality_shipped.json
     python bench/quality.py augment --set license_plates --images 50 --json bench/augment.json
     python bench/quality.py sets --json bench/set_gate.json
+    python bench/quality.py response --refiner PRIORS/without_aquarium.safetensors --sets aquarium
 
 `prior` trains a refiner from scratch on the train splits of the named sets in ../shared/data (validation on
 their val/valid splits picks the best epoch and the gate) and saves it as safetensors with its provenance.
@@ -13,15 +14,18 @@ their val/valid splits picks the best epoch and the gate) and saves it as safete
 `shipped` scores the shipped prior on each test split (in domain: it trained on their train splits).
 `table`, for each set S: trains a prior on the other two sets (S is never seen; `--priors DIR` keeps it and
 reuses it later), scores it on S's test split (no training on S), then fine-tunes it with the default settings
-on 25, 50, 100 and all of S's training images, or the `--sizes` named (validation: S's val split), and scores
-each on S's test split; other sets' rows and other sizes' runs in the JSON are kept. Input errors: clean
-boxes, OA-MIL jitter at r = 0.1 and 0.2, boxes too large, too small, shifted and with one edge off at level
-0.2 (seed 0).
+on 25, 50, 100 and all of S's training images, or the `--sizes` named (none: the prior only; validation: S's val
+split), and scores each on S's test split; other sets' rows and other sizes' runs in the JSON are kept. Input
+errors: clean boxes, OA-MIL jitter at r = 0.1 and 0.2, boxes too large, too small, shifted and with one edge off
+at level 0.2 (seed 0).
 `augment` trains from scratch on a set's first N training images (the seeded choice), without and with the
 default augmentation, and scores both, gated and ungated, on the set's val split (it tunes a default).
 `sets` scores the shipped prior (or `--refiner`) on each set's val split (it tunes a default), each kind of
 input, and a set where a quarter of the boxes are jittered at r = 0.2 and the rest exact, gated as one set (the
 default: the gate curve's margin for the set), at the refiner's one margin, and ungated.
+`response` refines each kind of input of each val split at levels 0.05 to 0.3 (and the quarter-jittered mix), each as
+one set, and reports the set's response to its boxes spoilt on purpose (`gate.set_response`), the mean IoU of the
+input, of the ungated proposals, and gated without and with the response (bench/response.json; it tunes a default).
 Tuning data only feeds training and the gate: test images are read only for scoring.
 """
 
@@ -46,6 +50,12 @@ INPUTS = (
     ("edge", 0.2),
 )
 MIXED = (("clean:3 jitter:1", 0.2),)  # a set where a quarter of the boxes are jittered and the rest exact
+LEVELS = (
+    ("clean", 0.2),
+    *(("jitter", r) for r in (0.05, 0.1, 0.2, 0.3)),
+    *((kind, level) for kind in ("larger", "smaller", "shift", "edge") for level in (0.1, 0.2)),
+    *MIXED,
+)
 SIZES = (25, 50, 100, None)
 
 
@@ -109,13 +119,14 @@ def prior_command(args):
     parts = [load(s) for s in args.sets]
     tr, va = [r for p in parts for r in p[0]], [r for p in parts for r in p[1]]
     start = time.perf_counter()
-    refiner, config = train(tr, va, "scratch", [f"training.epochs={args.epochs}"])
+    settings = [f"training.epochs={args.epochs}"] + ([f"training.lr={args.lr}"] if args.lr else [])
+    refiner, config = train(tr, va, args.init, settings)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     about = f"{' + '.join(args.sets)} train splits, {len(tr)} images, {sum(len(r.boxes) for r in tr)} boxes"
     refiner.save(
         args.out,
         trained_on=about,
-        training=f"{args.epochs} epochs from scratch, defaults otherwise, "
+        training=f"{args.epochs} epochs from {args.init}{f' at lr {args.lr}' if args.lr else ''}, defaults otherwise, "
         f"{time.perf_counter() - start:.0f} s on {cpu_description()}",
         made_by="python bench/quality.py prior",
     )
@@ -249,6 +260,55 @@ def sets_command(args):
     args.json.write_text(json.dumps(out, indent=1))
 
 
+def joined(refined, key):
+    "One field of a list of `Refinement`s, all boxes together."
+    return torch.cat([getattr(o, key) for o in refined])
+
+
+def response_row(refiner, records, kind, r):
+    "One kind of input of `records` as one set: mean IoUs ungated and gated without and with its response, the margins."
+    from boxrefine.boxes import elementwise_iou
+    from boxrefine.data import NoiseConfig
+    from boxrefine.gate import area_change
+    from boxrefine.inference import refine_records, response_to_spoilt
+    from boxrefine.refiner import regate
+
+    noisy = [NoiseConfig(r=r, seed=0, errors=kind).noisy(x) for x in records]
+    out = refine_records(refiner, records, noisy, progress=False, min_gain=float("-inf"))
+    gain, proposed, given = (
+        joined(out, "proposed_quality") - joined(out, "input_quality"),
+        *(joined(out, k) for k in ("proposed", "given")),
+    )
+    response = response_to_spoilt(refiner, records, out)
+    margins = [refiner.margin_for(gain, None, proposed, given, m) for m in (None, response)]
+    truth = torch.cat([x.boxes for x in records])
+    answers = [proposed, *(torch.cat([regate(o, m).boxes for o in out]) for m in margins)]
+    ious = [elementwise_iou(boxes, truth).mean().item() for boxes in (given, *answers)]
+    return {
+        **dict(zip(("input", "ungated", "curve", "gated"), ious)),
+        "response": response,
+        "resizing": area_change(proposed, given).median().item(),
+        "margins": margins,
+    }
+
+
+def response_command(args):
+    "Each kind and level of input of each val split as one set: its response to spoilt boxes, the margin, the answers."
+    from boxrefine.machine import cpu_description
+    from boxrefine.prior import load_prior
+
+    refiner = load_prior(args.refiner)
+    results = json.loads(args.json.read_text()) if args.json.exists() else {}
+    for name in args.sets:
+        val, rows = load(name)[1], {}
+        for kind, r in LEVELS:
+            rows[f"{kind} {r}"] = row = response_row(refiner, val, kind, r)
+            print(name, kind, r, json.dumps({k: round(v, 3) for k, v in row.items() if k != "margins"}), flush=True)
+        key = f"{args.refiner.name if args.refiner else 'shipped prior'} on {name}"
+        results[key] = {"cpu": cpu_description(), "refiner": refiner.about, "kinds": rows}
+        args.json.write_text(json.dumps(results, indent=1))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -256,6 +316,8 @@ def main():
     a.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     a.add_argument("--out", type=Path, required=True)
     a.add_argument("--epochs", type=int, default=30)
+    a.add_argument("--init", default="scratch", help="scratch, or a refiner file to train further")
+    a.add_argument("--lr", type=float, help="peak learning rate (default: the training default)")
     a.set_defaults(handler=prior_command)
     g = sub.add_parser("gate")
     g.add_argument("refiner", type=Path)
@@ -268,7 +330,13 @@ def main():
     t.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     t.add_argument("--prior-epochs", type=int, default=30)
     t.add_argument("--priors", type=Path, help="keep the held-out priors here (reused when present)")
-    t.add_argument("--sizes", nargs="+", type=size_arg, default=list(SIZES), help="training images: numbers or all")
+    t.add_argument(
+        "--sizes",
+        nargs="*",
+        type=size_arg,
+        default=list(SIZES),
+        help="training images: numbers or all; none: the prior only",
+    )
     t.add_argument("--json", type=Path, default=Path(__file__).with_name("quality.json"))
     t.set_defaults(handler=table_command)
     u = sub.add_parser("augment")
@@ -276,6 +344,11 @@ def main():
     u.add_argument("--images", type=int, default=50)
     u.add_argument("--json", type=Path, default=Path(__file__).with_name("augment.json"))
     u.set_defaults(handler=augment_command)
+    w = sub.add_parser("response")
+    w.add_argument("--refiner", type=Path, help="a refiner file (default: the shipped prior)")
+    w.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    w.add_argument("--json", type=Path, default=Path(__file__).with_name("response.json"))
+    w.set_defaults(handler=response_command)
     v = sub.add_parser("sets")
     v.add_argument("--refiner", type=Path, help="a refiner file (default: the shipped prior)")
     v.add_argument("--json", type=Path, default=Path(__file__).with_name("set_gate.json"))

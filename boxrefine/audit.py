@@ -155,9 +155,10 @@ def judge_boxes(
     progress: bool = False,  # Show a progress bar
 ) -> list:  # One `Judgement` per record
     "Every given box's estimated IoU and suspicion, and the box proposed for it."
-    answers = [refine_records(refiner, records, boxes, cache, progress)]
+    ungated = float("-inf")  # the judgement reads the proposals and qualities, not the gated answers
+    answers = [refine_records(refiner, records, boxes, cache, progress, ungated)]
     for _ in range(passes - 1):
-        answers.append(refine_records(refiner, records, [a.proposed for a in answers[-1]], cache, False))
+        answers.append(refine_records(refiner, records, [a.proposed for a in answers[-1]], cache, False, ungated))
     mirrored = mirrored_answers(refiner, records, boxes, cache)
     return [_judgement(given, steps, m) for given, steps, m in zip(boxes, zip(*answers), mirrored)]
 

@@ -14,9 +14,10 @@ from .distributed import gather_over_ranks
 from .learner import Callback
 
 # %% auto #0
-__all__ = ['GATE_MARGINS', 'SET_BANDS', 'SET_SIZE', 'SET_GROUP_BOXES', 'SET_PRIOR_BOXES', 'SET_RESIZING', 'GainCB',
-           'good_boxes_harmed', 'best_min_gain', 'gate_summary', 'gate_line', 'monotone_fit', 'error_groups',
-           'set_margins', 'shrunk_median', 'area_change', 'set_min_gain', 'curve_line']
+__all__ = ['GATE_MARGINS', 'SET_BANDS', 'SET_SIZE', 'SET_GROUP_BOXES', 'SET_PRIOR_BOXES', 'SET_RESIZING', 'SET_SPOIL',
+           'SET_SPOIL_SEED', 'SET_RESPONSE', 'SET_RESPONSE_IMAGES', 'GainCB', 'good_boxes_harmed', 'best_min_gain',
+           'gate_summary', 'gate_line', 'monotone_fit', 'error_groups', 'set_margins', 'shrunk_median', 'area_change',
+           'box_moves', 'set_response', 'set_min_gain', 'curve_line']
 
 # %% ../nbs/06_gate.ipynb #cef210bd
 GATE_MARGINS = tuple(round(float(m), 2) for m in np.arange(-0.10, 0.205, 0.01))
@@ -97,6 +98,12 @@ SET_SIZE = 400  # Boxes in each validation set the curve is fitted on (drawn wit
 SET_GROUP_BOXES = 20  # Fewest validation boxes in a band of one kind of error
 SET_PRIOR_BOXES = 20  # A set's median predicted gain is shrunk toward the validation mix's by this many boxes
 SET_RESIZING = 0.05  # A set whose median box the refiner resizes by this much (log of the area ratio) is off in size
+SET_SPOIL = 0.2  # OA-MIL jitter level of the boxes of a set spoilt on purpose, to read how the refiner answers them
+SET_SPOIL_SEED = (
+    7  # Its noise's seed: apart from the seeds that training (0, 1, 1000s) and the benches (0, 1) draw with
+)
+SET_RESPONSE = 0.95  # A set the refiner moves this far, over how far it moves the same boxes spoilt, is a noisy set
+SET_RESPONSE_IMAGES = 100  # Most images of a set whose boxes are spoilt on purpose
 
 
 def monotone_fit(x: Tensor, y: Tensor) -> tuple:
@@ -155,14 +162,32 @@ def area_change(proposed: Tensor, start: Tensor) -> Tensor:
     return (box_area(proposed).clamp(min=1e-6) / box_area(start).clamp(min=1e-6)).log()
 
 
+def box_moves(proposed: Tensor, start: Tensor) -> Tensor:
+    "(N,) how far the refiner moves each box: 1 - the IoU of its proposal with its start box."
+    return 1 - elementwise_iou(proposed, start)
+
+
+def set_response(
+    moves: Tensor,  # (N,) `box_moves` of the set's boxes
+    spoilt_moves: Tensor,  # (M,) `box_moves` of (some of) the same boxes spoilt on purpose at `SET_SPOIL`
+    min_boxes: int = SET_PRIOR_BOXES,  # Fewest boxes of each that can say it
+) -> float:  # 0 where they cannot
+    "How far the refiner moves a set's boxes over how far it moves them spoilt on purpose (medians)."
+    if min(len(moves), len(spoilt_moves)) < min_boxes:
+        return 0.0
+    return moves.median().item() / max(spoilt_moves.median().item(), 1e-6)
+
+
 def set_min_gain(
     curve: dict,  # The gate's curve (`set_margins`)
     gain: Tensor,  # (N,) predicted gain of each box of the set
     prior_boxes: int = SET_PRIOR_BOXES,  # Boxes of shrinkage toward the validation mix
     resizing: Tensor | None = None,  # (N,) `area_change` of each box, when known
+    response: float | None = None,  # The set's `set_response`, when known
 ) -> float:  # The set's margin
-    "The curve at a set's median predicted gain (shrunk); its noisy end for a set the refiner resizes as a whole."
-    if resizing is not None and abs(shrunk_median(resizing, 0.0, prior_boxes)) >= SET_RESIZING:
+    "The curve at a set's median predicted gain (shrunk); its noisy end for a set off in size or answered as spoilt."
+    off_in_size = resizing is not None and abs(shrunk_median(resizing, 0.0, prior_boxes)) >= SET_RESIZING
+    if off_in_size or (response is not None and response >= SET_RESPONSE):
         return round(float(curve["min_gain"][-1]), 3)
     return round(
         float(np.interp(shrunk_median(gain, curve["mix_gain"], prior_boxes), curve["gain"], curve["min_gain"])), 3

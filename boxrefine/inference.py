@@ -12,18 +12,20 @@ from pathlib import Path
 
 import torch
 
-from .boxes import convert_boxes, elementwise_iou
+from .boxes import convert_boxes, elementwise_iou, stable_int
 from .cache import FeatureCache
 from .data import NoiseConfig, annotation_key
 from .formats import SIDECAR, Dataset, FormatError, read_dataset, write_dataset
+from .gate import SET_RESPONSE_IMAGES, SET_SPOIL, SET_SPOIL_SEED, box_moves, set_response
 from .machine import live_progress
 from .metrics import change_shares, detection_ap, evaluate_boxes, match_detections
 from .prior import load_prior, prior_path
 from .refiner import BoxRefiner, regate
 
 # %% auto #0
-__all__ = ['refiner_at', 'refiner_cache', 'refine_records', 'gated_at', 'refined_method', 'same_images', 'refined_detections',
-           'refined_coco', 'move_summary', 'refuse_inside_input', 'check_output', 'refine_dataset']
+__all__ = ['refiner_at', 'refiner_cache', 'refine_records', 'response_to_spoilt', 'gated_at', 'refined_method', 'same_images',
+           'refined_detections', 'refined_coco', 'move_summary', 'refuse_inside_input', 'check_output',
+           'refine_dataset']
 
 # %% ../nbs/09_inference.ipynb #545ba980
 def refiner_at(run=None) -> BoxRefiner:
@@ -55,8 +57,28 @@ def refine_records(
     out = [refiner.refine_boxes(r.path, b, cache, float("-inf")) for r, b in zip(shown, boxes)]
     gains = torch.cat([o.proposed_quality - o.input_quality for o in out] or [torch.zeros(0)])
     proposed, given = (torch.cat([getattr(o, k) for o in out] or [torch.zeros(0, 4)]) for k in ("proposed", "given"))
-    margin = refiner.margin_for(gains, min_gain, proposed, given)
+    response = response_to_spoilt(refiner, records, out, cache) if refiner.reads_set(min_gain) else None
+    margin = refiner.margin_for(gains, min_gain, proposed, given, response)
     return [regate(o, margin) for o in out]
+
+
+def response_to_spoilt(
+    refiner: BoxRefiner,
+    records: list,  # `ImageBoxes`
+    refined: list,  # Their `Refinement`s, ungated
+    cache: FeatureCache | None = None,
+    images: int = SET_RESPONSE_IMAGES,  # Most images whose boxes are spoilt (a seeded choice)
+) -> float:
+    "`set_response`: how far the refiner moved these boxes, over how far it moves them spoilt on purpose (jitter)."
+    spoil = NoiseConfig(r=SET_SPOIL, seed=SET_SPOIL_SEED, errors="jitter")
+    chosen = sorted(range(len(records)), key=lambda i: stable_int((0, records[i].id)))[:images]
+    spoilt = []
+    for i in chosen:
+        boxes = spoil.noisy(dataclasses.replace(records[i], boxes=refined[i].given))
+        answer = refiner.refine_boxes(records[i].path, boxes, cache, float("-inf"))
+        spoilt.append(box_moves(answer.proposed, answer.given))
+    moves = [box_moves(o.proposed, o.given) for o in refined]
+    return set_response(torch.cat(moves or [torch.zeros(0)]), torch.cat(spoilt or [torch.zeros(0)]))
 
 
 def gated_at(refined: list, refiner: BoxRefiner, min_gain: float | None = None) -> float:

@@ -531,20 +531,25 @@ def regate(refinement: Refinement, min_gain: float) -> Refinement:
 
 
 @patch
+def reads_set(self: BoxRefiner, min_gain: float | None = None) -> bool:
+    "Whether `margin_for` reads the set's boxes: no fixed margin is given, and the refiner has a curve of margins."
+    return min_gain is None and self.gate_curve is not None
+
+
+@patch
 def margin_for(
     self: BoxRefiner,
     gain: Tensor,  # (N,) predicted gain of each box of the set
     min_gain: float | None = None,  # A fixed margin, which then wins
     proposed: Tensor | None = None,  # (N, 4) each box's proposal, whose resizing the curve reads (with `given`)
     given: Tensor | None = None,  # (N, 4) each box's input
+    response: float | None = None,  # The set's `set_response` to boxes spoilt on purpose, when measured
 ) -> float:
-    "The margin for a set of boxes refined together: `min_gain` if given, else the curve's for their gain and resizing."
-    if min_gain is not None:
-        return min_gain
-    if self.gate_curve is None:
-        return self.min_gain
+    "The margin for a set of boxes refined together: `min_gain` if given, else the curve's for what the set shows."
+    if not self.reads_set(min_gain):
+        return self.min_gain if min_gain is None else min_gain
     resizing = area_change(proposed, given) if proposed is not None else None
-    return set_min_gain(self.gate_curve, gain, resizing=resizing)
+    return set_min_gain(self.gate_curve, gain, resizing=resizing, response=response)
 
 
 @patch
