@@ -285,7 +285,7 @@ def response_row(refiner, records, kind, r):
     answers = [proposed, *(torch.cat([regate(o, m).boxes for o in out]) for m in margins)]
     ious = [elementwise_iou(boxes, truth).mean().item() for boxes in (given, *answers)]
     return {
-        **dict(zip(("input", "ungated", "curve", "gated"), ious)),
+        **dict(zip(("input", "ungated", "gated before", "gated"), ious)),
         "response": response,
         "resizing": area_change(proposed, given).median().item(),
         "margins": margins,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from .boxes import convert_boxes, elementwise_iou, stable_int
+from .boxes import convert_boxes, elementwise_iou, noisy_boxes, stable_int
 from .cache import FeatureCache
 from .data import NoiseConfig, annotation_key
 from .formats import SIDECAR, Dataset, FormatError, read_dataset, write_dataset
-from .gate import SET_RESPONSE_IMAGES, SET_SPOIL, SET_SPOIL_SEED, box_moves, set_response
+from .gate import SET_RESPONSE_BOXES, SET_RESPONSE_IMAGES, SET_SPOIL_LEVEL, box_moves, set_response
 from .machine import live_progress
 from .metrics import change_shares, detection_ap, evaluate_boxes, match_detections
 from .prior import load_prior, prior_path
@@ -67,18 +67,21 @@ def response_to_spoilt(
     records: list,  # `ImageBoxes`
     refined: list,  # Their `Refinement`s, ungated
     cache: FeatureCache | None = None,
-    images: int = SET_RESPONSE_IMAGES,  # Most images whose boxes are spoilt (a seeded choice)
-) -> float:
-    "`set_response`: how far the refiner moved these boxes, over how far it moves them spoilt on purpose (jitter)."
-    spoil = NoiseConfig(r=SET_SPOIL, seed=SET_SPOIL_SEED, errors="jitter")
-    chosen = sorted(range(len(records)), key=lambda i: stable_int((0, records[i].id)))[:images]
-    spoilt = []
+    images: int = SET_RESPONSE_IMAGES,  # Most images whose boxes are spoilt (a seeded choice among those with boxes)
+) -> float | None:  # None for fewer than `SET_RESPONSE_BOXES` boxes (then no pass is made)
+    "`set_response` of some images' boxes: the refiner's moves of them over its moves of them jittered on purpose."
+    with_boxes = [i for i, o in enumerate(refined) if len(o.given)]
+    chosen = sorted(with_boxes, key=lambda i: stable_int((0, records[i].id)))[:images]
+    if sum(len(refined[i].given) for i in chosen) < SET_RESPONSE_BOXES:
+        return None
+    moves, spoilt = [], []
     for i in chosen:
-        boxes = spoil.noisy(dataclasses.replace(records[i], boxes=refined[i].given))
-        answer = refiner.refine_boxes(records[i].path, boxes, cache, float("-inf"))
+        given, record = refined[i].given, records[i]
+        boxes = noisy_boxes(given, record.image_hw, SET_SPOIL_LEVEL, image_id=record.id, epoch="spoilt on purpose")
+        answer = refiner.refine_boxes(record.path, boxes, cache, float("-inf"))
+        moves.append(box_moves(refined[i].proposed, given))
         spoilt.append(box_moves(answer.proposed, answer.given))
-    moves = [box_moves(o.proposed, o.given) for o in refined]
-    return set_response(torch.cat(moves or [torch.zeros(0)]), torch.cat(spoilt or [torch.zeros(0)]))
+    return set_response(torch.cat(moves), torch.cat(spoilt))
 
 
 def gated_at(refined: list, refiner: BoxRefiner, min_gain: float | None = None) -> float:
