@@ -119,14 +119,15 @@ def prior_command(args):
     parts = [load(s) for s in args.sets]
     tr, va = [r for p in parts for r in p[0]], [r for p in parts for r in p[1]]
     start = time.perf_counter()
-    settings = [f"training.epochs={args.epochs}"] + ([f"training.lr={args.lr}"] if args.lr else [])
+    settings = [f"training.epochs={args.epochs}"] + ([f"training.lr={args.lr}"] if args.lr is not None else [])
     refiner, config = train(tr, va, args.init, settings)
+    lr = f" at lr {args.lr}" if args.lr is not None else ""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     about = f"{' + '.join(args.sets)} train splits, {len(tr)} images, {sum(len(r.boxes) for r in tr)} boxes"
     refiner.save(
         args.out,
         trained_on=about,
-        training=f"{args.epochs} epochs from {args.init}{f' at lr {args.lr}' if args.lr else ''}, defaults otherwise, "
+        training=f"{args.epochs} epochs from {args.init}{lr}, defaults otherwise, "
         f"{time.perf_counter() - start:.0f} s on {cpu_description()}",
         made_by="python bench/quality.py prior",
     )
@@ -260,17 +261,12 @@ def sets_command(args):
     args.json.write_text(json.dumps(out, indent=1))
 
 
-def joined(refined, key):
-    "One field of a list of `Refinement`s, all boxes together."
-    return torch.cat([getattr(o, key) for o in refined])
-
-
 def response_row(refiner, records, kind, r):
     "One kind of input of `records` as one set: mean IoUs ungated and gated without and with its response, the margins."
     from boxrefine.boxes import elementwise_iou
     from boxrefine.data import NoiseConfig
     from boxrefine.gate import area_change
-    from boxrefine.inference import refine_records, response_to_spoilt
+    from boxrefine.inference import joined, refine_records, response_to_spoilt
     from boxrefine.refiner import regate
 
     noisy = [NoiseConfig(r=r, seed=0, errors=kind).noisy(x) for x in records]

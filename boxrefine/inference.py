@@ -23,8 +23,8 @@ from .prior import load_prior, prior_path
 from .refiner import BoxRefiner, regate
 
 # %% auto #0
-__all__ = ['refiner_at', 'refiner_cache', 'refine_records', 'response_to_spoilt', 'gated_at', 'refined_method', 'same_images',
-           'refined_detections', 'refined_coco', 'move_summary', 'refuse_inside_input', 'check_output',
+__all__ = ['refiner_at', 'refiner_cache', 'joined', 'refine_records', 'response_to_spoilt', 'gated_at', 'refined_method',
+           'same_images', 'refined_detections', 'refined_coco', 'move_summary', 'refuse_inside_input', 'check_output',
            'refine_dataset']
 
 # %% ../nbs/09_inference.ipynb #545ba980
@@ -40,6 +40,16 @@ def refiner_cache(refiner: BoxRefiner, cache_dir=None, max_disk_bytes: int | Non
     return FeatureCache(refiner.training_encoder(), cache_dir, max_disk_bytes=max_disk_bytes)
 
 # %% ../nbs/09_inference.ipynb #1887b8a2
+def joined(refined: list, field: str) -> torch.Tensor:
+    "One field of a list of `Refinement`s, every box's together (empty, of the field's shape, for none)."
+    parts = [getattr(o, field) for o in refined]
+    if parts:
+        return torch.cat(parts)
+    return torch.zeros(
+        (0, 4) if field in ("boxes", "proposed", "given") else 0, dtype=torch.bool if field == "moved" else None
+    )
+
+
 def refine_records(
     refiner: BoxRefiner,  # A trained refiner
     records: list,  # `ImageBoxes`
@@ -55,10 +65,9 @@ def refine_records(
         cache.warm([r.path for r in records], progress=progress)
     shown = progress_bar(records, leave=False) if progress and live_progress() else records
     out = [refiner.refine_boxes(r.path, b, cache, float("-inf")) for r, b in zip(shown, boxes)]
-    gains = torch.cat([o.proposed_quality - o.input_quality for o in out] or [torch.zeros(0)])
-    proposed, given = (torch.cat([getattr(o, k) for o in out] or [torch.zeros(0, 4)]) for k in ("proposed", "given"))
+    gains = joined(out, "proposed_quality") - joined(out, "input_quality")
     response = response_to_spoilt(refiner, records, out, cache) if refiner.reads_set(min_gain) else None
-    margin = refiner.margin_for(gains, min_gain, proposed, given, response)
+    margin = refiner.margin_for(gains, min_gain, joined(out, "proposed"), joined(out, "given"), response)
     return [regate(o, margin) for o in out]
 
 
@@ -104,7 +113,7 @@ def refined_method(
         torch.cat([elementwise_iou(b, r.boxes) for b, r in zip(boxes, records)])
         for boxes in (noisy, [o.boxes for o in out])
     )
-    moved = torch.cat([o.moved for o in out]).double().mean().item()
+    moved = joined(out, "moved").double().mean().item()
     return {
         **evaluate_boxes(records, [o.boxes for o in out], [o.quality for o in out]),
         **change_shares(before, after),
@@ -147,7 +156,7 @@ def refined_detections(
     refined = refine_records(refiner, detections, [d.boxes for d in detections], cache, progress, min_gain)
     scores = [torch.nan_to_num(d.scores, nan=1.0) for d in detections]
     before, after = _matched_ious(records, detections, refined)
-    moved = torch.cat([o.moved for o in refined] or [torch.zeros(0, dtype=torch.bool)])
+    moved = joined(refined, "moved")
     rows = {
         "given": {**detection_ap(records, detections, None, scores), "matched_mean_iou": before.mean().item()},
         "refined": {
@@ -182,7 +191,7 @@ def refined_coco(coco: dict, records: list, refined: list, refiner: str, in_plac
 def move_summary(records: list, refined: list) -> dict:
     "How many boxes were refined and moved, and the median IoU of a moved box to its input."
     n = sum(len(o.boxes) for o in refined)
-    moved = torch.cat([o.moved for o in refined]) if n else torch.zeros(0, dtype=torch.bool)
+    moved = joined(refined, "moved")
     shift = (
         torch.cat([elementwise_iou(o.boxes, r.boxes) for o, r in zip(refined, records)])[moved] if n else torch.ones(0)
     )
