@@ -15,9 +15,9 @@ from .learner import Callback
 
 # %% auto #0
 __all__ = ['GATE_MARGINS', 'SET_BANDS', 'SET_SIZE', 'SET_GROUP_BOXES', 'SET_PRIOR_BOXES', 'SET_RESIZING', 'SET_SPOIL_LEVEL',
-           'SET_RESPONSE', 'SET_RESPONSE_IMAGES', 'SET_RESPONSE_BOXES', 'GainCB', 'good_boxes_harmed', 'best_min_gain',
-           'gate_summary', 'gate_line', 'monotone_fit', 'error_groups', 'set_margins', 'shrunk_median', 'area_change',
-           'box_moves', 'set_response', 'set_min_gain', 'curve_line']
+           'SET_SPOIL_DRAWS', 'SET_RESPONSE', 'SET_RESPONSE_IMAGES', 'SET_RESPONSE_BOXES', 'GainCB',
+           'good_boxes_harmed', 'best_min_gain', 'gate_summary', 'gate_line', 'monotone_fit', 'error_groups',
+           'set_margins', 'shrunk_median', 'area_change', 'box_moves', 'set_response', 'set_min_gain', 'curve_line']
 
 # %% ../nbs/06_gate.ipynb #cef210bd
 GATE_MARGINS = tuple(round(float(m), 2) for m in np.arange(-0.10, 0.205, 0.01))
@@ -98,8 +98,9 @@ SET_SIZE = 400  # Boxes in each validation set the curve is fitted on (drawn wit
 SET_GROUP_BOXES = 20  # Fewest validation boxes in a band of one kind of error
 SET_PRIOR_BOXES = 20  # A set's median predicted gain is shrunk toward the validation mix's by this many boxes
 SET_RESIZING = 0.05  # A set whose median box the refiner resizes by this much (log of the area ratio) is off in size
-SET_SPOIL_LEVEL = 0.2  # OA-MIL jitter level of a set's boxes spoilt on purpose, to read how the refiner answers them
-SET_RESPONSE = 0.95  # A set the refiner moves this far, over how far it moves the same boxes spoilt, is a noisy set
+SET_SPOIL_LEVEL = 0.3  # OA-MIL jitter level of a set's boxes spoilt on purpose, to read how the refiner answers them
+SET_SPOIL_DRAWS = 3  # Draws of the spoilt boxes, pooled: one draw's mean move varies on a set of ~200 boxes
+SET_RESPONSE = 0.93  # A set the refiner moves this far, over how far it moves the same boxes spoilt, is a noisy set
 SET_RESPONSE_IMAGES = 100  # Most images of a set whose boxes are spoilt on purpose
 SET_RESPONSE_BOXES = 20  # Fewest boxes that can say how the refiner answers a set
 
@@ -167,12 +168,12 @@ def box_moves(proposed: Tensor, start: Tensor) -> Tensor:
 
 def set_response(
     moves: Tensor,  # (N,) `box_moves` of a set's boxes
-    spoilt_moves: Tensor,  # (N,) `box_moves` of the same boxes spoilt on purpose at `SET_SPOIL_LEVEL`
+    spoilt_moves: Tensor,  # (D * N,) `box_moves` of the same boxes spoilt on purpose at `SET_SPOIL_LEVEL`, D draws
 ) -> float | None:  # None for no boxes
-    "How far the refiner moves a set's boxes over how far it moves them spoilt on purpose (medians)."
+    "How far the refiner moves a set's boxes over how far it moves them spoilt on purpose (means)."
     if len(moves) == 0 or len(spoilt_moves) == 0:
         return None
-    return moves.median().item() / max(spoilt_moves.median().item(), 1e-6)
+    return moves.mean().item() / max(spoilt_moves.mean().item(), 1e-6)
 
 
 def set_min_gain(

@@ -16,16 +16,23 @@ from .boxes import convert_boxes, elementwise_iou, noisy_boxes, stable_int
 from .cache import FeatureCache
 from .data import NoiseConfig, annotation_key
 from .formats import SIDECAR, Dataset, FormatError, read_dataset, write_dataset
-from .gate import SET_RESPONSE_BOXES, SET_RESPONSE_IMAGES, SET_SPOIL_LEVEL, box_moves, set_response
+from boxrefine.gate import (
+    SET_RESPONSE_BOXES,
+    SET_RESPONSE_IMAGES,
+    SET_SPOIL_DRAWS,
+    SET_SPOIL_LEVEL,
+    box_moves,
+    set_response,
+)
 from .machine import live_progress
 from .metrics import change_shares, detection_ap, evaluate_boxes, match_detections
 from .prior import load_prior, prior_path
 from .refiner import BoxRefiner, regate
 
 # %% auto #0
-__all__ = ['refiner_at', 'refiner_cache', 'joined', 'refine_records', 'response_to_spoilt', 'gated_at', 'refined_method',
-           'same_images', 'refined_detections', 'refined_coco', 'move_summary', 'refuse_inside_input', 'check_output',
-           'refine_dataset']
+__all__ = ['refiner_at', 'refiner_cache', 'joined', 'refine_records', 'response_to_spoilt', 'spoilt_moves', 'gated_at',
+           'refined_method', 'same_images', 'refined_detections', 'refined_coco', 'move_summary', 'refuse_inside_input',
+           'check_output', 'refine_dataset']
 
 # %% ../nbs/09_inference.ipynb #545ba980
 def refiner_at(run=None) -> BoxRefiner:
@@ -77,20 +84,23 @@ def response_to_spoilt(
     refined: list,  # Their `Refinement`s, ungated
     cache: FeatureCache | None = None,
     images: int = SET_RESPONSE_IMAGES,  # Most images whose boxes are spoilt (a seeded choice among those with boxes)
+    draws: int = SET_SPOIL_DRAWS,  # Draws of spoilt boxes per image, pooled
 ) -> float | None:  # None for fewer than `SET_RESPONSE_BOXES` boxes (then no pass is made)
     "`set_response` of some images' boxes: the refiner's moves of them over its moves of them jittered on purpose."
     with_boxes = [i for i, o in enumerate(refined) if len(o.given)]
     chosen = sorted(with_boxes, key=lambda i: stable_int((0, records[i].id)))[:images]
     if sum(len(refined[i].given) for i in chosen) < SET_RESPONSE_BOXES:
         return None
-    moves, spoilt = [], []
-    for i in chosen:
-        given, record = refined[i].given, records[i]
-        boxes = noisy_boxes(given, record.image_hw, SET_SPOIL_LEVEL, image_id=record.id, epoch="spoilt on purpose")
-        answer = refiner.refine_boxes(record.path, boxes, cache, float("-inf"))
-        moves.append(box_moves(refined[i].proposed, given))
-        spoilt.append(box_moves(answer.proposed, answer.given))
+    moves = [box_moves(refined[i].proposed, refined[i].given) for i in chosen]
+    spoilt = [spoilt_moves(refiner, records[i], refined[i].given, draw, cache) for draw in range(draws) for i in chosen]
     return set_response(torch.cat(moves), torch.cat(spoilt))
+
+
+def spoilt_moves(refiner: BoxRefiner, record, given: torch.Tensor, draw: int, cache=None) -> torch.Tensor:
+    "`box_moves` of the refiner's answers to one image's `given` boxes jittered at `SET_SPOIL_LEVEL` (draw `draw`)."
+    boxes = noisy_boxes(given, record.image_hw, SET_SPOIL_LEVEL, image_id=record.id, epoch=f"spoilt on purpose {draw}")
+    answer = refiner.refine_boxes(record.path, boxes, cache, float("-inf"))
+    return box_moves(answer.proposed, answer.given)
 
 
 def gated_at(refined: list, refiner: BoxRefiner, min_gain: float | None = None) -> float:
