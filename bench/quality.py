@@ -120,8 +120,9 @@ def prior_command(args):
     tr, va = [r for p in parts for r in p[0]], [r for p in parts for r in p[1]]
     start = time.perf_counter()
     settings = [f"training.epochs={args.epochs}"] + ([f"training.lr={args.lr}"] if args.lr is not None else [])
-    refiner, config = train(tr, va, args.init, settings)
+    refiner, config = train(tr, va, args.init, [*settings, *args.set])
     lr = f" at lr {args.lr}" if args.lr is not None else ""
+    lr += "".join(f", {s}" for s in args.set)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     about = f"{' + '.join(args.sets)} train splits, {len(tr)} images, {sum(len(r.boxes) for r in tr)} boxes"
     refiner.save(
@@ -314,6 +315,7 @@ def main():
     a.add_argument("--epochs", type=int, default=30)
     a.add_argument("--init", default="scratch", help="scratch, or a refiner file to train further")
     a.add_argument("--lr", type=float, help="peak learning rate (default: the training default)")
+    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override (repeatable)")
     a.set_defaults(handler=prior_command)
     g = sub.add_parser("gate")
     g.add_argument("refiner", type=Path)
