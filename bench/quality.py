@@ -119,16 +119,15 @@ def prior_command(args):
     parts = [load(s) for s in args.sets]
     tr, va = [r for p in parts for r in p[0]], [r for p in parts for r in p[1]]
     start = time.perf_counter()
-    settings = [f"training.epochs={args.epochs}"] + ([f"training.lr={args.lr}"] if args.lr is not None else [])
-    refiner, config = train(tr, va, args.init, [*settings, *args.set])
-    lr = f" at lr {args.lr}" if args.lr is not None else ""
-    lr += "".join(f", {s}" for s in args.set)
+    lr = [f"training.lr={args.lr}"] if args.lr is not None else []
+    settings = [f"training.epochs={args.epochs}", *lr, *args.set]
+    refiner, config = train(tr, va, args.init, settings)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     about = f"{' + '.join(args.sets)} train splits, {len(tr)} images, {sum(len(r.boxes) for r in tr)} boxes"
     refiner.save(
         args.out,
         trained_on=about,
-        training=f"{args.epochs} epochs from {args.init}{lr}, defaults otherwise, "
+        training=f"{args.epochs} epochs from {args.init}{''.join(f', {s}' for s in settings[1:])}, defaults otherwise, "
         f"{time.perf_counter() - start:.0f} s on {cpu_description()}",
         made_by="python bench/quality.py prior",
     )
