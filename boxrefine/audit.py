@@ -31,9 +31,9 @@ from .run import CONFIG, DATA, atomic_write
 from .train import NotEnoughData, RunMismatch, data_record, split_records, train_refiner
 
 # %% auto #0
-__all__ = ['AUDIT_FOLDS', 'AUDIT_SETTINGS', 'EDGE_MOVE_WEIGHT', 'AUDIT_PASSES', 'DUPLICATE_IOU', 'MIN_JUDGED_SIDE',
-           'UNJUDGED_DROPS', 'AUDIT_FILES', 'AUDIT_FIELDS', 'CSV_COLUMNS', 'AUDIT_REPORT_TOP', 'image_folds',
-           'fold_refiner', 'suspicion', 'size_outliers', 'Judgement', 'mirrored_answers', 'judge_boxes',
+__all__ = ['AUDIT_FOLDS', 'AUDIT_SETTINGS', 'EDGE_MOVE_WEIGHT', 'AUDIT_PASSES', 'PROPOSAL_MARGIN', 'DUPLICATE_IOU',
+           'MIN_JUDGED_SIDE', 'UNJUDGED_DROPS', 'AUDIT_FILES', 'AUDIT_FIELDS', 'CSV_COLUMNS', 'AUDIT_REPORT_TOP',
+           'image_folds', 'fold_refiner', 'suspicion', 'size_outliers', 'Judgement', 'mirrored_answers', 'judge_boxes',
            'near_duplicates', 'Audit', 'ranked_rows', 'audit_records', 'audit_csv', 'audit_coco', 'box_thumbnail',
            'audit_html', 'write_audit', 'check_audit_folder', 'dropped_rows', 'run_training_images', 'audit_dataset']
 
@@ -104,6 +104,7 @@ def size_outliers(
 
 # %% ../nbs/10_audit.ipynb #b43b363d81ae4b689946ece5c682cd59
 AUDIT_PASSES = 2  # Refinement passes of a proposal: each refines the previous answer
+PROPOSAL_MARGIN = 0.05  # An answer is proposed only if rated better than the given box by at least this much
 
 
 class Judgement(NamedTuple):
@@ -111,7 +112,7 @@ class Judgement(NamedTuple):
 
     estimated_iou: Tensor  # (N,) predicted IoU of each given box with its object, mean of the image and its mirror
     suspicion: Tensor  # (N,) how suspicious each given box is (`suspicion`)
-    proposed: Tensor  # (N, 4) xyxy: of the given box and each pass's answer, the one rated best
+    proposed: Tensor  # (N, 4) xyxy: of the given box (by its margin) and each pass's answer, the one rated best
     proposed_iou: Tensor  # (N,) its predicted IoU, on the image (the mirror steadies the suspicion only)
 
 
@@ -131,18 +132,19 @@ def mirrored_answers(
     return out
 
 
-def _judgement(given: Tensor, answers: tuple, mirrored) -> Judgement:
+def _judgement(given: Tensor, answers: tuple, mirrored, margin: float) -> Judgement:
     "One image's judgement from its given boxes, each pass's `Refinement` and the mirror's first one."
     first = answers[0]
     candidates = torch.stack([given, *(a.proposed for a in answers)])
     ratings = torch.stack([first.input_quality, *(a.proposed_quality for a in answers)])  # each candidate's own
-    best = ratings.argmax(0)
+    head_start = torch.tensor([margin] + [0.0] * len(answers))[:, None]  # the given box stays unless beaten by it
+    best = (ratings + head_start).argmax(0)
     estimate = (first.input_quality + mirrored.input_quality) / 2
     return Judgement(
         estimate,
         suspicion(estimate, first.given, torch.stack([first.proposed, mirrored.proposed])),
         candidates[best, torch.arange(len(given))],
-        ratings.max(0).values,
+        ratings[best, torch.arange(len(given))],
     )
 
 
@@ -152,6 +154,7 @@ def judge_boxes(
     boxes: list,  # Per record, the (N_i, 4) xyxy given boxes
     cache=None,  # The refiner's `FeatureCache`, when it reads SAM features
     passes: int = AUDIT_PASSES,  # Refinement passes of the proposals
+    margin: float = PROPOSAL_MARGIN,  # How much better than the given box an answer must be rated to be proposed
     progress: bool = False,  # Show a progress bar
 ) -> list:  # One `Judgement` per record
     "Every given box's estimated IoU and suspicion, and the box proposed for it."
@@ -160,7 +163,7 @@ def judge_boxes(
     for _ in range(passes - 1):
         answers.append(refine_records(refiner, records, [a.proposed for a in answers[-1]], cache, False, ungated))
     mirrored = mirrored_answers(refiner, records, boxes, cache)
-    return [_judgement(given, steps, m) for given, steps, m in zip(boxes, zip(*answers), mirrored)]
+    return [_judgement(given, steps, m, margin) for given, steps, m in zip(boxes, zip(*answers), mirrored)]
 
 # %% ../nbs/10_audit.ipynb #8309879909854d7188b41380fd92a7c3
 DUPLICATE_IOU = 0.8  # Two boxes of one class on one image overlapping at least this much: a near duplicate
